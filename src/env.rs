@@ -1,0 +1,13 @@
+//! Every environment variable msb reads, declared once.
+
+/// The store's root folder (also `--home`).
+pub const MSB_HOME: &str = "MSB_HOME";
+/// Registries (`host` or `host:port`, comma-separated) that msb may reach over plain HTTP, besides
+/// loopback addresses.
+pub const MSB_INSECURE_REGISTRIES: &str = "MSB_INSECURE_REGISTRIES";
+/// The XDG cache folder; the store defaults to `$XDG_CACHE_HOME/msb`.
+pub const XDG_CACHE_HOME: &str = "XDG_CACHE_HOME";
+/// The user's home folder, for `~/.cache/msb` and `~/.docker/config.json`.
+pub const HOME: &str = "HOME";
+/// Docker's configuration folder, where `config.json` holds registry credentials.
+pub const DOCKER_CONFIG: &str = "DOCKER_CONFIG";

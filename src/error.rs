@@ -1,0 +1,25 @@
+//! The crate's error: every module's error folds into it, and it knows its exit code.
+//!
+//! Modules never print; `cli` renders an [`Error`] once, with miette.
+
+use miette::Diagnostic;
+
+use crate::manifest::ManifestError;
+
+/// Anything that stops an msb command.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+pub enum Error {
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Manifest(#[from] ManifestError),
+}
+
+impl Error {
+    /// 2 for a bad or missing Sandboxfile (the user must edit it), 1 for a failed run.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Manifest(ManifestError::Invalid(_) | ManifestError::NotFound { .. }) => 2,
+            _ => 1,
+        }
+    }
+}

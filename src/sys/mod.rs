@@ -1,0 +1,3 @@
+//! The few kernel facilities msb builds on, each behind a small safe API.
+
+pub mod overlay;

@@ -1,0 +1,89 @@
+//! A small builder for running `msb` in a fresh project folder, in the style of just's tests.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tempfile::TempDir;
+
+/// A project folder with files in it, and an `msb` command to run there.
+pub(crate) struct Test {
+    dir: TempDir,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+/// What a finished `msb` printed and returned.
+#[derive(Debug)]
+pub(crate) struct Output {
+    pub(crate) code: i32,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+}
+
+impl Test {
+    pub(crate) fn new() -> Self {
+        let dir = tempfile::Builder::new().prefix("msb-test-").tempdir().expect("create a temp dir");
+        let home = dir.path().join(".msb-home");
+        Test { dir, args: Vec::new(), env: vec![("MSB_HOME".into(), home.display().to_string())] }
+    }
+
+    /// Writes `Sandboxfile` at the project's root.
+    pub(crate) fn sandboxfile(self, text: impl AsRef<[u8]>) -> Self {
+        self.file("Sandboxfile", text)
+    }
+
+    /// Writes a file of the project, creating its folders.
+    pub(crate) fn file(self, path: &str, content: impl AsRef<[u8]>) -> Self {
+        let path = self.dir.path().join(path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("create folders");
+        }
+        std::fs::write(&path, content).expect("write file");
+        self
+    }
+
+    pub(crate) fn args<I: IntoIterator<Item = S>, S: AsRef<str>>(mut self, args: I) -> Self {
+        self.args.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    pub(crate) fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs `msb` with the arguments in the project folder.
+    pub(crate) fn run(&self) -> Output {
+        self.run_in(self.dir.path())
+    }
+
+    /// Runs `msb` from a sub-folder of the project (which must exist).
+    pub(crate) fn run_in(&self, cwd: &Path) -> Output {
+        let output = Command::new(msb())
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env_remove("RUST_LOG")
+            .current_dir(cwd)
+            .output()
+            .expect("run msb");
+        Output {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
+/// The `msb` binary cargo built for these tests.
+pub(crate) fn msb() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_msb"))
+}
+
+/// The repository's root, where `Sandboxfile.example` and `schema/` live.
+pub(crate) fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
