@@ -12,6 +12,13 @@ pub enum Error {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Pull(#[from] crate::store::PullError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Project(#[from] crate::project::ProjectError),
 }
 
 impl Error {

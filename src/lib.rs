@@ -8,6 +8,7 @@ pub mod env;
 pub mod error;
 pub mod manifest;
 pub mod plan;
+pub mod project;
 pub mod reference;
 pub mod store;
 pub mod sys;

@@ -1,4 +1,5 @@
 //! End-to-end tests of the `msb` command. One binary; each module a feature.
 
+mod build;
 mod test;
 mod validate;

@@ -61,10 +61,23 @@ impl Test {
         self.run_in(self.dir.path())
     }
 
+    /// Runs `msb` with these arguments (instead of the builder's) in the project folder, so one
+    /// project can see several commands.
+    pub(crate) fn msb<I: IntoIterator<Item = S>, S: AsRef<str>>(&self, args: I) -> Output {
+        let mut command = Command::new(msb());
+        command.args(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self.output(command, self.dir.path())
+    }
+
     /// Runs `msb` from a sub-folder of the project (which must exist).
     pub(crate) fn run_in(&self, cwd: &Path) -> Output {
-        let output = Command::new(msb())
-            .args(&self.args)
+        let mut command = Command::new(msb());
+        command.args(&self.args);
+        self.output(command, cwd)
+    }
+
+    fn output(&self, mut command: Command, cwd: &Path) -> Output {
+        let output = command
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env_remove("RUST_LOG")
             .current_dir(cwd)

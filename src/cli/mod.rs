@@ -1,5 +1,15 @@
 //! Command-line types and their dispatch to the library. Nothing here holds product logic.
 
+/// `println!` that ends quietly when stdout is a closed pipe (`msb plan | head`), as `cat` does.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+mod build;
+mod images;
 mod validate;
 
 use std::path::PathBuf;
@@ -28,6 +38,37 @@ pub enum Command {
     Validate(validate::ValidateArgs),
     /// Print the Sandboxfile JSON Schema.
     Schema,
+    /// Pull an image into the store.
+    Pull(images::PullArgs),
+    /// List the images in the store.
+    Images,
+    /// Remove an image record from the store (its layers go at the next `cache gc`).
+    Rmi(images::RmiArgs),
+    /// Load an `oci-archive` or `docker-archive` file into the store.
+    Load(images::LoadArgs),
+    /// Show each sandbox's image and patch steps: cached, or built and why.
+    Plan(build::PlanArgs),
+    /// Pull the images and build every patch layer, without booting.
+    Build(build::BuildArgs),
+    /// Write a sandbox's root, as its processes see it, to a folder or a `.tar` file.
+    Export(build::ExportArgs),
+}
+
+/// Which Sandboxfile a command works on.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProjectArgs {
+    /// The Sandboxfile [default: `Sandboxfile` in the current folder or the nearest parent]
+    #[arg(short, long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+}
+
+impl ProjectArgs {
+    /// Loads the Sandboxfile and opens the store.
+    fn open(&self, home: Option<PathBuf>) -> Result<(crate::manifest::Manifest, crate::store::Store), Error> {
+        let manifest = crate::manifest::load(&sandboxfile_path(self.file.clone())?)?;
+        let store = crate::store::Store::open(home.as_deref())?;
+        Ok((manifest, store))
+    }
 }
 
 /// How machine-readable output is wanted.
@@ -82,8 +123,15 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
     match cli.command {
         Command::Validate(args) => validate::run(args),
         Command::Schema => {
-            println!("{}", crate::manifest::schema::schema_json());
+            out!("{}", crate::manifest::schema::schema_json().trim_end());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Pull(args) => images::pull(cli.home, args),
+        Command::Images => images::list(cli.home),
+        Command::Rmi(args) => images::rmi(cli.home, args),
+        Command::Load(args) => images::load(cli.home, args),
+        Command::Plan(args) => build::plan(cli.home, args),
+        Command::Build(args) => build::build(cli.home, args),
+        Command::Export(args) => build::export(cli.home, args),
     }
 }

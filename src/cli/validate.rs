@@ -29,12 +29,12 @@ pub(super) fn run(args: ValidateArgs) -> Result<ExitCode, Error> {
             Err(ManifestError::Invalid(invalid)) => invalid.to_json(),
             Err(_) => return result.map(|_| ExitCode::SUCCESS).map_err(Error::from),
         };
-        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        out!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
         return Ok(if report.valid { ExitCode::SUCCESS } else { ExitCode::from(2) });
     }
     let loaded = result?;
     let count = loaded.file.sandbox.len();
     let noun = if count == 1 { "sandbox" } else { "sandboxes" };
-    println!("{}: valid ({count} {noun})", path.display());
+    out!("{}: valid ({count} {noun})", path.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -51,7 +51,7 @@ pub struct Step<'a> {
 pub struct PatchError {
     pub index: usize,
     pub op: &'static str,
-    #[source]
+    /// Part of the message, not a separate cause: one line says it all.
     pub cause: Cause,
 }
 
@@ -71,14 +71,10 @@ pub enum Cause {
     SourceChanged { path: PathBuf },
     #[error("no source was resolved for this copy")]
     NoSource,
-    #[error("`{path}`: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot mount the layers to patch them (msb needs root and overlayfs)")]
-    Mount(#[source] io::Error),
+    #[error("`{path}`: {error}")]
+    Io { path: String, error: io::Error },
+    #[error("cannot mount the layers to patch them (msb needs root and overlayfs): {0}")]
+    Mount(io::Error),
 }
 
 /// Builds `step` on top of `lowers` (topmost first) into the empty folder `upper`, using `work`
@@ -90,7 +86,7 @@ pub fn build(lowers: &[&Path], upper: &Path, work: &Path, step: Step<'_>) -> Res
         apply(&Guest::new(root), step).map_err(fail)?;
         // The mount goes away with its descriptor, here; only the upper folder remains.
     }
-    normalize(upper).map_err(|source| fail(Cause::Io { path: upper.display().to_string(), source }))
+    normalize(upper).map_err(|error| fail(Cause::Io { path: upper.display().to_string(), error }))
 }
 
 fn apply(guest: &Guest, step: Step<'_>) -> Result<(), Cause> {
@@ -147,7 +143,7 @@ fn mode_or(mode: Option<crate::manifest::Mode>, default: u32) -> u32 {
 }
 
 fn io_cause(path: &str, source: io::Error) -> Cause {
-    Cause::Io { path: path.to_owned(), source }
+    Cause::Io { path: path.to_owned(), error: source }
 }
 
 fn root_uid() -> rustix::fs::Uid {

@@ -1,0 +1,289 @@
+//! A loaded Sandboxfile together with the store: what its sandboxes need (the plan), getting it
+//! (pull and build the missing steps), and looking at the result (export).
+//!
+//! This is where the data path meets the disk: [`crate::plan`] decides, [`crate::store`] holds,
+//! and nothing here decides anything the plan did not.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use crate::manifest::{HostKind, Manifest, Patch, SandboxConfig, SandboxName, resolve_host_path};
+use crate::plan::sources::{SourceError, Sources, digest_sources};
+use crate::plan::{self, ImageFacts, Record, SandboxPlan, StepStatus};
+use crate::reference::ImageSource;
+use crate::store::lock::Lock;
+use crate::store::patch::{self, PatchError};
+use crate::store::{Digest, ImageRecord, PullError, PullOptions, Store, StoreError};
+
+/// Why planning, building or exporting stopped.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum ProjectError {
+    #[error("no sandbox named `{name}` in `{}`", sandboxfile.display())]
+    #[diagnostic(help("the sandboxes are: {known}"))]
+    UnknownSandbox { name: String, sandboxfile: PathBuf, known: String },
+    #[error("cannot read a patch source")]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Pull(#[from] PullError),
+    #[error("sandbox `{sandbox}`: {error}")]
+    Patch { sandbox: String, error: PatchError },
+    #[error("cannot export to `{}`", path.display())]
+    Export {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A sandbox whose image is present and whose patch layers are all built.
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub name: SandboxName,
+    pub plan: SandboxPlan,
+    pub image: ImageRecord,
+    /// Every layer of its root, topmost first: patch layers, then the image's.
+    pub lowers: Vec<PathBuf>,
+}
+
+/// A Sandboxfile and the store it builds into.
+pub struct Project<'a> {
+    pub manifest: &'a Manifest,
+    pub store: &'a Store,
+}
+
+impl Project<'_> {
+    /// The sandboxes named (all of them when `names` is empty), in the file's order.
+    pub fn select(&self, names: &[String]) -> Result<Vec<(&SandboxName, &SandboxConfig)>, ProjectError> {
+        let all = &self.manifest.file.sandbox;
+        if let Some(unknown) = names.iter().find(|n| !all.keys().any(|k| k.as_str() == n.as_str())) {
+            let known: Vec<String> = all.keys().map(|k| format!("`{k}`")).collect();
+            return Err(ProjectError::UnknownSandbox {
+                name: unknown.clone(),
+                sandboxfile: self.manifest.path.clone(),
+                known: known.join(", "),
+            });
+        }
+        Ok(all.iter().filter(|(k, _)| names.is_empty() || names.iter().any(|n| n == k.as_str())).collect())
+    }
+
+    /// Plans the sandboxes with what the store already knows: no network, nothing built.
+    pub fn plan(&self, names: &[String]) -> Result<Vec<SandboxPlan>, ProjectError> {
+        let sources = digest_sources(self.manifest)?;
+        self.select(names)?
+            .into_iter()
+            .map(|(name, config)| {
+                let image = self.store.lookup(&self.image_source(config).to_string())?;
+                Ok(self.plan_one(name, config, image.as_ref(), &sources))
+            })
+            .collect()
+    }
+
+    /// Pulls what is missing and builds every step the plan says to build.
+    ///
+    /// `on_plan` sees each sandbox's plan before its steps are built, so the caller can show
+    /// what is about to happen.
+    pub fn build(
+        &self,
+        names: &[String],
+        pull: &PullOptions,
+        on_plan: &mut dyn FnMut(&SandboxPlan),
+    ) -> Result<Vec<Built>, ProjectError> {
+        let sources = digest_sources(self.manifest)?;
+        let mut built = Vec::new();
+        for (name, config) in self.select(names)? {
+            let image = self.store.pull_blocking(&self.image_source(config), pull)?;
+            let plan = self.plan_one(name, config, Some(&image), &sources);
+            on_plan(&plan);
+            let mut lowers: Vec<PathBuf> = self.store.lowers(&image);
+            for (step, patch) in plan.steps.iter().zip(&config.patch) {
+                let key = layer_key(step.key.as_deref())?;
+                let layer = self.store.layer_path(&key);
+                if step.status == StepStatus::Build {
+                    self.build_step(name, step.index, patch, &sources, &lowers, &key)?;
+                }
+                lowers.insert(0, layer);
+            }
+            if let Some(record) = plan.record() {
+                let path = self.record_path(name);
+                if let Some(dir) = path.parent() {
+                    fs::create_dir_all(dir).map_err(StoreError::io("create", dir))?;
+                }
+                self.store.write_json(&record, &path)?;
+            }
+            built.push(Built { name: name.clone(), plan, image, lowers });
+        }
+        Ok(built)
+    }
+
+    fn plan_one(&self, name: &SandboxName, config: &SandboxConfig, image: Option<&ImageRecord>, sources: &Sources) -> SandboxPlan {
+        let facts = image.map(|image| ImageFacts {
+            digest: image.digest.to_string(),
+            chain_id: image.chain_id.to_string(),
+            present: self.store.complete(image),
+        });
+        let store = self.store;
+        let cached = |key: &str| key.parse::<Digest>().is_ok_and(|d| store.layer_path(&d).is_dir());
+        let previous = read_record(&self.record_path(name));
+        plan::plan_sandbox(name.as_str(), config, facts.as_ref(), sources, &cached, previous.as_ref())
+    }
+
+    /// Builds one step into a temporary folder and publishes it as the layer `key`.
+    fn build_step(
+        &self,
+        name: &SandboxName,
+        index: usize,
+        patch: &Patch,
+        sources: &Sources,
+        lowers: &[PathBuf],
+        key: &Digest,
+    ) -> Result<(), ProjectError> {
+        let (source, source_digest) = match patch {
+            Patch::CopyFile { src, .. } | Patch::CopyDir { src, .. } => {
+                let written = src.to_string_lossy();
+                let kind = if matches!(patch, Patch::CopyDir { .. }) { HostKind::Dir } else { HostKind::File };
+                let path = resolve_host_path(&self.manifest.dir, &written, kind)
+                    .map_err(|err| SourceError::Refused { written: written.to_string(), message: err.message })?;
+                (Some(path), sources.get(written.as_ref()).map(|s| s.digest.clone()))
+            }
+            _ => (None, None),
+        };
+        let upper = self.store.tmp_entry()?;
+        let work = self.store.tmp_entry()?;
+        for dir in [upper.path(), work.path()] {
+            fs::create_dir(dir).map_err(StoreError::io("create", dir))?;
+        }
+        let lower_refs: Vec<&Path> = lowers.iter().map(PathBuf::as_path).collect();
+        let step = patch::Step { index, patch, source: source.as_deref(), source_digest: source_digest.as_deref() };
+        patch::build(&lower_refs, upper.path(), work.path(), step)
+            .map_err(|error| ProjectError::Patch { sandbox: name.to_string(), error })?;
+
+        let destination = self.store.layer_path(key);
+        let lock_path = self.store.lock_path("layer", key);
+        let _lock = Lock::exclusive(&lock_path).map_err(StoreError::io("lock", &lock_path))?;
+        // Someone else built the same step meanwhile: theirs is as good as ours.
+        if !destination.is_dir() {
+            upper.rename_to(&destination)?;
+        }
+        Ok(())
+    }
+
+    /// Where local image paths in the Sandboxfile point, resolved against its folder.
+    fn image_source(&self, config: &SandboxConfig) -> ImageSource {
+        config.image.source().resolve_against(&self.manifest.dir)
+    }
+
+    /// The last build's record of a sandbox of this Sandboxfile.
+    fn record_path(&self, name: &SandboxName) -> PathBuf {
+        let path = self.manifest.path.canonicalize().unwrap_or_else(|_| self.manifest.path.clone());
+        let id = Digest::of(format!("{}\0{name}", path.display()).as_bytes());
+        self.store.root().join("plans").join(format!("{}.json", id.hex()))
+    }
+}
+
+fn layer_key(key: Option<&str>) -> Result<Digest, ProjectError> {
+    // A built image always gives every step a key; a missing one is a bug, reported as such.
+    key.and_then(|k| k.parse().ok()).ok_or_else(|| {
+        ProjectError::Store(StoreError::Damaged { path: PathBuf::from("plan"), reason: "a step has no cache key".into() })
+    })
+}
+
+fn read_record(path: &Path) -> Option<Record> {
+    fs::read(path).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok())
+}
+
+/// Writes the merged root of `lowers` (topmost first) as a tar stream: the files a user of the
+/// sandbox would see, whiteouts applied.
+pub fn export_tar(lowers: &[PathBuf], out: impl Write) -> io::Result<()> {
+    let refs: Vec<&Path> = lowers.iter().map(PathBuf::as_path).collect();
+    let root = match refs.as_slice() {
+        [only] => rustix::fs::open(*only, rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::RDONLY, rustix::fs::Mode::empty())?,
+        many => crate::sys::overlay::mount(many, None)?,
+    };
+    // The detached mount has no path; the descriptor's magic link names its root.
+    let base = PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&root)));
+    let mut builder = tar::Builder::new(out);
+    builder.follow_symlinks(false);
+    builder.mode(tar::HeaderMode::Complete);
+    for entry in walkdir::WalkDir::new(&base).min_depth(1).sort_by_file_name() {
+        let entry = entry.map_err(io::Error::from)?;
+        let relative = entry.path().strip_prefix(&base).unwrap_or(entry.path());
+        builder.append_path_with_name(entry.path(), relative)?;
+    }
+    builder.into_inner()?.flush()
+}
+
+/// Writes the merged root into `dest`: a folder (created; must not exist or be empty) or, when
+/// the name ends in `.tar`, a tar file.
+pub fn export(lowers: &[PathBuf], dest: &Path) -> Result<(), ProjectError> {
+    let fail = |source| ProjectError::Export { path: dest.to_owned(), source };
+    if dest.extension().is_some_and(|e| e == "tar") {
+        let file = fs::File::create(dest).map_err(fail)?;
+        return export_tar(lowers, io::BufWriter::new(file)).map_err(fail);
+    }
+    fs::create_dir_all(dest).map_err(fail)?;
+    if fs::read_dir(dest).map_err(fail)?.next().is_some() {
+        return Err(fail(io::Error::new(io::ErrorKind::AlreadyExists, "the folder is not empty")));
+    }
+    // The tar stream goes through the same confined unpacker as image layers.
+    let (reader, writer) = io::pipe().map_err(fail)?;
+    let lowers = lowers.to_vec();
+    let producer = std::thread::spawn(move || export_tar(&lowers, writer));
+    let unpacked = crate::store::unpack::unpack(reader, dest).map_err(|e| fail(io::Error::other(e.to_string())));
+    let produced = producer.join().unwrap_or_else(|_| Err(io::Error::other("the export thread panicked")));
+    unpacked?;
+    produced.map_err(fail)
+}
+
+/// Writes a sandbox's scripts into `dest` as `NAME` files, mode 0755, adding `#!/bin/sh` to bodies
+/// without a shebang. The runtime mounts `dest` at `/.msb/scripts`; scripts never enter a layer,
+/// so changing one never rebuilds anything.
+pub fn write_scripts(manifest: &Manifest, config: &SandboxConfig, dest: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir_all(dest)?;
+    for (name, script) in &config.scripts {
+        let body = match script {
+            crate::manifest::Script::Inline(body) => body.clone().into_bytes(),
+            crate::manifest::Script::File(file) => {
+                let written = file.file.to_string_lossy();
+                let path = resolve_host_path(&manifest.dir, &written, HostKind::File)
+                    .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err.message))?;
+                fs::read(path)?
+            }
+        };
+        let mut content = Vec::with_capacity(body.len() + 10);
+        if !body.starts_with(b"#!") {
+            content.extend_from_slice(b"#!/bin/sh\n");
+        }
+        content.extend_from_slice(&body);
+        let path = dest.join(name.as_str());
+        fs::write(&path, content)?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn scripts_get_a_shebang_when_they_lack_one_and_are_executable() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("serve.sh"), "#!/usr/bin/env python3\nprint(1)\n").unwrap();
+        let text = "[sandbox.w]\nimage = \"alpine\"\n[sandbox.w.scripts]\nhi = \"echo hi\"\nserve = { file = \"serve.sh\" }\n";
+        fs::write(dir.path().join("Sandboxfile"), text).unwrap();
+        let manifest = crate::manifest::load(&dir.path().join("Sandboxfile")).unwrap();
+        let config = manifest.file.sandbox.values().next().unwrap();
+        let dest = dir.path().join("scripts");
+        write_scripts(&manifest, config, &dest).unwrap();
+        assert_eq!(fs::read_to_string(dest.join("hi")).unwrap(), "#!/bin/sh\necho hi");
+        assert_eq!(fs::read_to_string(dest.join("serve")).unwrap(), "#!/usr/bin/env python3\nprint(1)\n");
+        for name in ["hi", "serve"] {
+            assert_eq!(fs::metadata(dest.join(name)).unwrap().permissions().mode() & 0o7777, 0o755);
+        }
+    }
+}
