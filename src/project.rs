@@ -12,6 +12,7 @@ use crate::manifest::{HostKind, Manifest, Patch, SandboxConfig, SandboxName, res
 use crate::plan::sources::{SourceError, Sources, digest_sources};
 use crate::plan::{self, ImageFacts, Record, SandboxPlan, StepStatus};
 use crate::reference::ImageSource;
+use crate::store::cache;
 use crate::store::lock::Lock;
 use crate::store::patch::{self, PatchError};
 use crate::store::{Digest, ImageRecord, PullError, PullOptions, Store, StoreError};
@@ -165,7 +166,9 @@ impl Project<'_> {
         let _lock = Lock::exclusive(&lock_path).map_err(StoreError::io("lock", &lock_path))?;
         // Someone else built the same step meanwhile: theirs is as good as ours.
         if !destination.is_dir() {
+            let sum = cache::layer_sum(upper.path()).map_err(StoreError::io("read", upper.path()))?;
             upper.rename_to(&destination)?;
+            cache::record_sum(self.store, key, &sum)?;
         }
         Ok(())
     }

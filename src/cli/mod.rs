@@ -9,6 +9,7 @@ macro_rules! out {
 }
 
 mod build;
+mod cache;
 mod images;
 mod validate;
 
@@ -52,6 +53,8 @@ pub enum Command {
     Build(build::BuildArgs),
     /// Write a sandbox's root, as its processes see it, to a folder or a `.tar` file.
     Export(build::ExportArgs),
+    /// Inspect, verify and clean the store of images and layers.
+    Cache(cache::CacheArgs),
 }
 
 /// Which Sandboxfile a command works on.
@@ -133,5 +136,6 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Plan(args) => build::plan(cli.home, args),
         Command::Build(args) => build::build(cli.home, args),
         Command::Export(args) => build::export(cli.home, args),
+        Command::Cache(args) => cache::run(cli.home, args),
     }
 }

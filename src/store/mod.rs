@@ -15,6 +15,7 @@
 //! renamed into place while their lock is held. A process killed at any point leaves only `tmp/`
 //! litter, which the next pull removes (those entries whose lock nobody holds).
 
+pub mod cache;
 pub mod digest;
 mod error;
 pub(crate) mod lock;
