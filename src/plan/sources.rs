@@ -102,7 +102,7 @@ pub fn digest_tree(root: &Path) -> Result<SourceDigest, SourceError> {
             let target = fs::read_link(path).map_err(io_error(path))?;
             ("l", target.to_string_lossy().into_owned())
         } else {
-            return Err(SourceError::Special { path: path.to_owned(), kind: special_kind(&meta) });
+            return Err(SourceError::Special { path: path.to_owned(), kind: special_kind(&file_type) });
         };
         let line = format!("{kind} {:o} {}\0{content}\n", meta.mode() & 0o7777, relative.to_string_lossy());
         sha2::Digest::update(&mut listing, line.as_bytes());
@@ -110,17 +110,15 @@ pub fn digest_tree(root: &Path) -> Result<SourceDigest, SourceError> {
     Ok(SourceDigest { digest: format!("sha256:{:x}", listing.finalize()), mode })
 }
 
-fn special_kind(meta: &fs::Metadata) -> &'static str {
+/// What a file that is neither a file, a folder nor a symlink is, for messages.
+pub(crate) fn special_kind(file_type: &fs::FileType) -> &'static str {
     use std::os::unix::fs::FileTypeExt;
-    let t = meta.file_type();
-    if t.is_fifo() {
+    if file_type.is_fifo() {
         "FIFO"
-    } else if t.is_socket() {
+    } else if file_type.is_socket() {
         "socket"
-    } else if t.is_char_device() {
-        "character device"
-    } else if t.is_block_device() {
-        "block device"
+    } else if file_type.is_char_device() || file_type.is_block_device() {
+        "device node"
     } else {
         "special file"
     }

@@ -20,7 +20,7 @@ use rustix::io::Errno;
 use sha2::{Digest, Sha256};
 
 use crate::manifest::{GuestPath, Patch};
-use crate::plan::sources::digest_tree;
+use crate::plan::sources::{digest_tree, special_kind};
 use crate::sys::overlay::{self, Upper};
 use guest::{Guest, remove_all};
 
@@ -299,19 +299,6 @@ fn ensure_dir(guest: &Guest, path: &GuestPath, mode: u32, replace: bool) -> Resu
         None => {}
     }
     make_dir(&dir, name, mode).map_err(|e| io_cause(path.as_str(), e))
-}
-
-fn special_kind(file_type: &std::fs::FileType) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    if file_type.is_fifo() {
-        "FIFO"
-    } else if file_type.is_socket() {
-        "socket"
-    } else if file_type.is_char_device() || file_type.is_block_device() {
-        "device node"
-    } else {
-        "special file"
-    }
 }
 
 /// Makes a finished upper folder reproducible: fixed mtimes everywhere, and no overlayfs
