@@ -2,5 +2,6 @@
 
 mod build;
 mod cache;
+mod images;
 mod test;
 mod validate;

@@ -47,11 +47,6 @@ impl Test {
         self
     }
 
-    pub(crate) fn env(mut self, key: &str, value: &str) -> Self {
-        self.env.push((key.into(), value.into()));
-        self
-    }
-
     pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }

@@ -134,11 +134,10 @@ impl<R: Read> Read for HashingReader<R> {
         let n = self.inner.read(buf)?;
         let chunk = &buf[..n];
         self.size += n as u64;
-        if let Some(limit) = self.limit {
-            if self.size > limit {
+        if let Some(limit) = self.limit
+            && self.size > limit {
                 return Err(io::Error::new(io::ErrorKind::InvalidData, TooLong { limit }));
             }
-        }
         self.hasher.update(chunk);
         if let Some(tee) = &mut self.tee {
             tee.write_all(chunk)?;

@@ -1,5 +1,8 @@
 //! The store's errors. Each names what the user asked for (the image), and the blob or layer and
 //! file concerned, so a failed pull says where to look without a debug log.
+//!
+//! Causes are part of each message (`cause` fields, not `#[source]`), so a rendered error is one
+//! sentence instead of the same text repeated down a chain.
 
 use std::io;
 use std::path::PathBuf;
@@ -12,13 +15,8 @@ use super::unpack::UnpackError;
 pub enum StoreError {
     #[error("cannot find a folder for the store: set MSB_HOME, XDG_CACHE_HOME or HOME")]
     NoHome,
-    #[error("cannot {op} `{}`: {source}", path.display())]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error("cannot {op} `{}`: {cause}", path.display())]
+    Io { op: &'static str, path: PathBuf, cause: io::Error },
     #[error("the store file `{}` is damaged: {reason}", path.display())]
     Damaged { path: PathBuf, reason: String },
     #[error("image `{image}` is not in the store")]
@@ -28,7 +26,7 @@ pub enum StoreError {
 impl StoreError {
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> StoreError {
         let path = path.into();
-        move |source| StoreError::Io { op, path, source }
+        move |cause| StoreError::Io { op, path, cause }
     }
 }
 
@@ -54,31 +52,16 @@ pub enum PullError {
     Verify { image: String, what: &'static str, digest: String, reason: String },
     #[error("image `{image}`: layer {layer} unpacks to a tar whose digest is {actual}, but the config says {expected}")]
     DiffId { image: String, layer: Digest, expected: Digest, actual: Digest },
-    #[error("image `{image}`, layer {layer}: {source}")]
-    Unpack {
-        image: String,
-        layer: Digest,
-        #[source]
-        source: UnpackError,
-    },
-    #[error("image `{image}`, layer {layer}: cannot decompress it: {source}")]
-    Decompress {
-        image: String,
-        layer: Digest,
-        #[source]
-        source: io::Error,
-    },
+    #[error("image `{image}`, layer {layer}: {cause}")]
+    Unpack { image: String, layer: Digest, cause: UnpackError },
+    #[error("image `{image}`, layer {layer}: cannot decompress it: {cause}")]
+    Decompress { image: String, layer: Digest, cause: io::Error },
     #[error("image `{image}`: {reason}")]
     Invalid { image: String, reason: String },
     #[error("image `{image}` has no image for {host}; it has: {available}")]
     NoPlatform { image: String, host: String, available: String },
-    #[error("image `{image}`: cannot read `{}`: {source}", path.display())]
-    Local {
-        image: String,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error("image `{image}`: cannot read `{}`: {cause}", path.display())]
+    Local { image: String, path: PathBuf, cause: io::Error },
     #[error("cannot start the pull: {reason}")]
     Runtime { reason: String },
 }

@@ -149,8 +149,8 @@ impl Local {
         let mut names = HashMap::new();
         let config_bytes = storage.read(image, &entry.config, MAX_DOCUMENT)?;
         let config_digest = Digest::of(&config_bytes);
-        if let Some(named) = digest_in_name(&entry.config) {
-            if named != config_digest {
+        if let Some(named) = digest_in_name(&entry.config)
+            && named != config_digest {
                 return Err(PullError::Verify {
                     image: image.to_owned(),
                     what: "config",
@@ -158,7 +158,6 @@ impl Local {
                     reason: format!("its content has digest {config_digest}"),
                 });
             }
-        }
         let config = manifest::parse_config(&config_bytes).map_err(invalid)?;
         if config.diff_ids.len() != entry.layers.len() {
             return Err(invalid(format!(
@@ -290,7 +289,7 @@ impl Storage {
             Storage::Dir(dir) => dir.join(name),
             Storage::Tar { path, .. } => path.join(name),
         };
-        PullError::Local { image: image.to_owned(), path, source }
+        PullError::Local { image: image.to_owned(), path, cause: source }
     }
 
     fn open(&self, image: &str, name: &str) -> Result<Box<dyn Read + Send>, PullError> {
@@ -328,14 +327,23 @@ impl Storage {
 
 /// Notes where each regular file of a tar is; symlinks and hard links to them are followed.
 fn index_tar(image: &str, path: &Path) -> Result<HashMap<String, Span>, PullError> {
-    let error = |source: io::Error| PullError::Local { image: image.to_owned(), path: path.to_owned(), source };
+    let error = |cause: io::Error| PullError::Local { image: image.to_owned(), path: path.to_owned(), cause };
     let file = File::open(path).map_err(error)?;
     let mut archive = tar::Archive::new(file);
     let mut files = HashMap::new();
     let mut links = Vec::new();
+    let mut last: Option<String> = None;
     for entry in archive.entries_with_seek().map_err(error)? {
-        let entry = entry.map_err(error)?;
+        // The tar crate's message quotes the bad header's bytes: say where it broke instead.
+        let entry = entry.map_err(|_| PullError::Invalid {
+            image: image.to_owned(),
+            reason: match &last {
+                None => format!("`{}` is not a tar archive", path.display()),
+                Some(name) => format!("`{}` is damaged after its entry `{name}`", path.display()),
+            },
+        })?;
         let Some(name) = entry.path().ok().and_then(|p| normalize(&p)) else { continue };
+        last = Some(name.clone());
         let kind = entry.header().entry_type();
         if kind.is_file() {
             let size = entry.header().size().map_err(error)?;
@@ -357,12 +365,11 @@ fn index_tar(image: &str, path: &Path) -> Result<HashMap<String, Span>, PullErro
     for _ in 0..8 {
         let mut changed = false;
         for (name, target) in &links {
-            if !files.contains_key(name) {
-                if let Some(span) = files.get(target).copied() {
+            if !files.contains_key(name)
+                && let Some(span) = files.get(target).copied() {
                     files.insert(name.clone(), span);
                     changed = true;
                 }
-            }
         }
         if !changed {
             break;

@@ -80,7 +80,7 @@ pub(crate) struct Index {
 /// A manifest-like document: which of the two it is.
 #[derive(Debug)]
 pub(crate) enum Document {
-    Manifest(Manifest),
+    Manifest(Box<Manifest>),
     Index(Index),
 }
 
@@ -114,7 +114,7 @@ pub(crate) fn parse_document(bytes: &[u8]) -> Result<Document, String> {
             .map(Document::Index)
             .map_err(|err| format!("its index is malformed: {err}"))
     } else {
-        let manifest: Manifest =
+        let manifest: Box<Manifest> =
             serde_json::from_slice(bytes).map_err(|err| format!("its manifest is malformed: {err}"))?;
         for layer in &manifest.layers {
             if !LAYER_TYPES.contains(&layer.media_type.as_str()) {

@@ -110,16 +110,18 @@ impl Store {
     /// The image a name points at, when it and all its layers are present. Reads two small files
     /// and stats each layer: this is the whole cost of a warm `--pull missing`.
     pub fn lookup(&self, name: &str) -> Result<Option<ImageRecord>, StoreError> {
-        let Some(reference) = read_json::<RefRecord>(&self.ref_path(name))? else {
+        let Some(reference) = self.resolve(name)? else {
             return Ok(None);
         };
-        if reference.name != name {
-            return Ok(None);
-        }
         let Some(record) = self.record(&reference.digest)? else {
             return Ok(None);
         };
         Ok(self.complete(&record).then_some(record))
+    }
+
+    /// What a name points at.
+    pub fn resolve(&self, name: &str) -> Result<Option<RefRecord>, StoreError> {
+        Ok(read_json::<RefRecord>(&self.ref_path(name))?.filter(|reference| reference.name == name))
     }
 
     /// Whether the store has this name (its image complete or not).
@@ -287,8 +289,8 @@ impl Store {
         tmp.rename_to(dest)
     }
 
-    /// Records an image and points `names` at it.
-    pub(crate) fn save(&self, record: &ImageRecord, names: &[String]) -> Result<(), StoreError> {
+    /// Records an image and points `names` at it (chosen from the index `index_digest`, if any).
+    pub(crate) fn save(&self, record: &ImageRecord, names: &[String], index_digest: Option<&Digest>) -> Result<(), StoreError> {
         {
             let path = self.record_path(&record.digest);
             let _lock = Lock::exclusive(&self.lock_path("image", &record.digest)).map_err(StoreError::io("lock", &path))?;
@@ -301,7 +303,8 @@ impl Store {
             let key = Digest::of(name.as_bytes());
             let path = self.ref_path(name);
             let _lock = Lock::exclusive(&self.lock_path("ref", &key)).map_err(StoreError::io("lock", &path))?;
-            self.write_json(&RefRecord { name: name.clone(), digest: record.digest.clone() }, &path)?;
+            let reference = RefRecord { name: name.clone(), digest: record.digest.clone(), index_digest: index_digest.cloned() };
+            self.write_json(&reference, &path)?;
         }
         Ok(())
     }
@@ -362,14 +365,14 @@ fn remove_all(path: &Path) -> Result<(), StoreError> {
         Err(err) => Err(err),
     };
     match result {
-        Err(err) if err.kind() != io::ErrorKind::NotFound => Err(StoreError::Io { op: "remove", path: path.to_owned(), source: err }),
+        Err(err) if err.kind() != io::ErrorKind::NotFound => Err(StoreError::Io { op: "remove", path: path.to_owned(), cause: err }),
         _ => Ok(()),
     }
 }
 
 fn remove_file_if_exists(path: &Path) -> Result<(), StoreError> {
     match fs::remove_file(path) {
-        Err(err) if err.kind() != io::ErrorKind::NotFound => Err(StoreError::Io { op: "remove", path: path.to_owned(), source: err }),
+        Err(err) if err.kind() != io::ErrorKind::NotFound => Err(StoreError::Io { op: "remove", path: path.to_owned(), cause: err }),
         _ => Ok(()),
     }
 }
@@ -379,7 +382,7 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, S
     let bytes = match fs::read(path) {
         Ok(bytes) => bytes,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(err) => return Err(StoreError::Io { op: "read", path: path.to_owned(), source: err }),
+        Err(err) => return Err(StoreError::Io { op: "read", path: path.to_owned(), cause: err }),
     };
     serde_json::from_slice(&bytes)
         .map(Some)
@@ -430,7 +433,6 @@ mod tests {
         let record = ImageRecord {
             source: "docker.io/library/x:1".into(),
             digest: Digest::of(b"manifest"),
-            index_digest: None,
             platform: Platform::host(),
             config_digest: None,
             config: RuntimeConfig::default(),
@@ -438,7 +440,7 @@ mod tests {
             chain_id: layer.clone(),
             rootfs_dir: None,
         };
-        store.save(&record, &["a:1".into(), "b:2".into()]).expect("save");
+        store.save(&record, &["a:1".into(), "b:2".into()], None).expect("save");
         assert_eq!(store.lookup("a:1").expect("lookup"), None, "a layer is missing");
         fs::create_dir(store.layer_path(&layer)).expect("layer");
         assert_eq!(store.lookup("a:1").expect("lookup"), Some(record.clone()));

@@ -53,11 +53,10 @@ impl fmt::Display for Platform {
 pub fn select<'a>(host: &Platform, candidates: impl IntoIterator<Item = &'a Platform>) -> Option<usize> {
     let mut best: Option<(usize, u8)> = None;
     for (index, candidate) in candidates.into_iter().enumerate() {
-        if let Some(score) = host.score(candidate) {
-            if best.is_none_or(|(_, best_score)| score > best_score) {
+        if let Some(score) = host.score(candidate)
+            && best.is_none_or(|(_, best_score)| score > best_score) {
                 best = Some((index, score));
             }
-        }
     }
     best.map(|(index, _)| index)
 }

@@ -56,7 +56,7 @@ const PARALLEL_LAYERS: usize = 3;
 
 /// Where a pull reads from.
 enum Fetcher {
-    Registry(Registry),
+    Registry(Box<Registry>),
     Local(Arc<Local>),
 }
 
@@ -71,7 +71,8 @@ impl Store {
         if options.policy != PullPolicy::Always {
             if let Some(record) = self.lookup(&name)? {
                 if !options.names.is_empty() {
-                    self.save(&record, &options.names)?;
+                    let index = self.resolve(&name)?.and_then(|r| r.index_digest);
+                    self.save(&record, &options.names, index.as_ref())?;
                 }
                 return Ok(record);
             }
@@ -84,7 +85,7 @@ impl Store {
         names.extend(options.names.iter().cloned());
         let fetcher = match source {
             ImageSource::Dir(path) => return self.save_dir(&name, path, &names),
-            ImageSource::Registry(reference) => Fetcher::Registry(Registry::connect(reference, &name).await?),
+            ImageSource::Registry(reference) => Fetcher::Registry(Box::new(Registry::connect(reference, &name).await?)),
             local => {
                 let (local, image) = (local.clone(), name.clone());
                 let opened = blocking(move || Local::open(&local, &image)).await??;
@@ -134,7 +135,6 @@ impl Store {
         let record = ImageRecord {
             source: name,
             digest,
-            index_digest,
             platform: config.platform,
             config_digest: Some(manifest.config.digest.clone()),
             config: config.runtime,
@@ -143,7 +143,7 @@ impl Store {
             rootfs_dir: None,
         };
         let (store, saved) = (self.clone(), record.clone());
-        blocking(move || store.save(&saved, &names)).await??;
+        blocking(move || store.save(&saved, &names, index_digest.as_ref())).await??;
         progress.say(&format!("pulled {} ({})", record.source, record.digest));
         Ok(record)
     }
@@ -151,11 +151,10 @@ impl Store {
     /// [`Store::pull`] for callers without an async runtime: runs one for the pull's duration
     /// (only when the store cannot answer by itself).
     pub fn pull_blocking(&self, source: &ImageSource, options: &PullOptions) -> Result<ImageRecord, PullError> {
-        if options.policy != PullPolicy::Always && options.names.is_empty() {
-            if let Some(record) = self.lookup(&source.to_string())? {
+        if options.policy != PullPolicy::Always && options.names.is_empty()
+            && let Some(record) = self.lookup(&source.to_string())? {
                 return Ok(record);
             }
-        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -166,7 +165,7 @@ impl Store {
 
     /// A `dir:` image: nothing to copy; the record points at the folder.
     fn save_dir(&self, name: &str, path: &Path, names: &[String]) -> Result<ImageRecord, PullError> {
-        let local_error = |source| PullError::Local { image: name.to_owned(), path: path.to_owned(), source };
+        let local_error = |cause| PullError::Local { image: name.to_owned(), path: path.to_owned(), cause };
         let dir = fs::canonicalize(path).map_err(local_error)?;
         if !dir.is_dir() {
             return Err(local_error(io::Error::new(io::ErrorKind::NotADirectory, "not a folder")));
@@ -176,7 +175,6 @@ impl Store {
         let record = ImageRecord {
             source: name.to_owned(),
             digest: digest.clone(),
-            index_digest: None,
             platform: Platform::host(),
             config_digest: None,
             config: RuntimeConfig::default(),
@@ -184,7 +182,7 @@ impl Store {
             chain_id: digest,
             rootfs_dir: Some(dir),
         };
-        self.save(&record, names)?;
+        self.save(&record, names, None)?;
         Ok(record)
     }
 
@@ -254,11 +252,10 @@ impl Store {
         if let Some((failure, task)) = network {
             let _ = task.await;
             // The network side's failure explains the reader's: report it (it may be retried).
-            if let Some(err) = failure.lock().ok().and_then(|mut slot| slot.take()) {
-                if built.is_err() {
+            if let Some(err) = failure.lock().ok().and_then(|mut slot| slot.take())
+                && built.is_err() {
                     return Err(err);
                 }
-            }
         }
         built
     }
@@ -308,8 +305,8 @@ impl Store {
         if hashed.digest != job.desc.digest {
             return Err(verify(format!("its content has digest {}", hashed.digest)));
         }
-        let report = unpacked.map_err(|source| PullError::Unpack { image: job.image.clone(), layer: job.desc.digest.clone(), source })?;
-        let diff = diff.map_err(|source| PullError::Decompress { image: job.image.clone(), layer: job.desc.digest.clone(), source })?;
+        let report = unpacked.map_err(|cause| PullError::Unpack { image: job.image.clone(), layer: job.desc.digest.clone(), cause })?;
+        let diff = diff.map_err(|cause| PullError::Decompress { image: job.image.clone(), layer: job.desc.digest.clone(), cause })?;
         if diff.digest != job.diff_id {
             return Err(PullError::DiffId {
                 image: job.image.clone(),
@@ -405,7 +402,7 @@ async fn resolve(fetcher: &Fetcher, image: &str, host: &Platform) -> Result<(Man
     let invalid = |reason: String| PullError::Invalid { image: image.to_owned(), reason };
     let (bytes, digest) = fetcher.top().await?;
     let index = match manifest::parse_document(&bytes).map_err(invalid)? {
-        Document::Manifest(manifest) => return Ok((manifest, digest, None)),
+        Document::Manifest(manifest) => return Ok((*manifest, digest, None)),
         Document::Index(index) => index,
     };
     let platforms: Vec<Platform> = index
@@ -430,7 +427,7 @@ async fn resolve(fetcher: &Fetcher, image: &str, host: &Platform) -> Result<(Man
     };
     let bytes = fetcher.document(chosen, "manifest").await?;
     match manifest::parse_document(&bytes).map_err(invalid)? {
-        Document::Manifest(manifest) => Ok((manifest, chosen.digest.clone(), Some(digest))),
+        Document::Manifest(manifest) => Ok((*manifest, chosen.digest.clone(), Some(digest))),
         Document::Index(_) => Err(invalid(format!("its index entry {} is another index, which msb does not follow", chosen.digest))),
     }
 }

@@ -13,14 +13,12 @@ use super::platform::Platform;
 #[serde(deny_unknown_fields)]
 pub struct ImageRecord {
     /// Where it was first pulled from, as msb writes the source (`docker.io/library/alpine:3.20`,
-    /// `oci-archive:/abs/img.tar`).
+    /// `oci-archive:/abs/img.tar`). A record is shared by every name that resolves to the same
+    /// manifest; the names are in `refs/`.
     pub source: String,
     /// The digest of the image manifest (for `docker-archive:`, of the OCI manifest msb derives
     /// from `manifest.json`; for `dir:`, of the folder's path).
     pub digest: Digest,
-    /// The index (manifest list) the manifest was chosen from, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub index_digest: Option<Digest>,
     pub platform: Platform,
     /// The config blob's digest (none for `dir:`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -77,5 +75,9 @@ impl ImageRecord {
 #[serde(deny_unknown_fields)]
 pub struct RefRecord {
     pub name: String,
+    /// The image manifest's digest: the key of its record.
     pub digest: Digest,
+    /// The index (manifest list) the name resolved to, when the manifest was chosen from one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index_digest: Option<Digest>,
 }

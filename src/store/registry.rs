@@ -65,11 +65,10 @@ impl Registry {
     pub(super) async fn top(&self) -> Result<(Vec<u8>, Digest), PullError> {
         let (bytes, _) = retry(|| self.client.pull_manifest_raw(&self.reference, &self.auth, MANIFEST_TYPES), |e| self.error(e)).await?;
         let digest = Digest::of(&bytes);
-        if let Some(wanted) = self.reference.digest() {
-            if wanted != digest.to_string() {
+        if let Some(wanted) = self.reference.digest()
+            && wanted != digest.to_string() {
                 return Err(self.verify_error("manifest", wanted, format!("its content has digest {digest}")));
             }
-        }
         Ok((bytes.to_vec(), digest))
     }
 
@@ -113,15 +112,14 @@ impl Registry {
     pub(super) async fn layer(&self, desc: &Descriptor) -> Result<LayerStream, PullError> {
         let layer = oci_descriptor(desc);
         let mut sized = retry(|| self.client.pull_blob_stream(&self.reference, &layer), |e| self.error(e)).await?;
-        if let Some(length) = sized.content_length {
-            if length != desc.size {
+        if let Some(length) = sized.content_length
+            && length != desc.size {
                 return Err(self.verify_error(
                     "layer",
                     &desc.digest.to_string(),
                     format!("the registry sends {length} bytes, the manifest says {}", desc.size),
                 ));
             }
-        }
         let (sender, receiver) = mpsc::channel::<io::Result<Bytes>>(32);
         let failure: Arc<Mutex<Option<PullError>>> = Arc::default();
         let slot = failure.clone();
@@ -138,10 +136,17 @@ impl Registry {
                     }
                     Err(err) => {
                         let message = err.to_string();
-                        let error = if is_digest_error(&err) {
-                            PullError::Verify { image, what: "layer", digest, reason: message.clone() }
-                        } else {
-                            PullError::Registry { image, registry, reason: error_chain(&err), transient: true }
+                        let error = match digest_error(&err) {
+                            Some(DigestError::VerificationError { actual, .. }) => {
+                                PullError::Verify { image, what: "layer", digest, reason: format!("its content has digest {actual}") }
+                            }
+                            Some(other) => PullError::Verify { image, what: "layer", digest, reason: other.to_string() },
+                            None => PullError::Registry {
+                                image,
+                                registry,
+                                reason: format!("layer {digest}: {}", error_chain(&err)),
+                                transient: true,
+                            },
                         };
                         if let Ok(mut slot) = slot.lock() {
                             *slot = Some(error);
@@ -272,8 +277,9 @@ fn registry_error(image: &str, registry: &str, err: OciDistributionError) -> Pul
     PullError::Registry { image: image.to_owned(), registry: registry.to_owned(), reason, transient }
 }
 
-fn is_digest_error(err: &io::Error) -> bool {
-    err.get_ref().is_some_and(|inner| inner.downcast_ref::<DigestError>().is_some())
+/// oci-client's verifying stream reports a digest mismatch as an `io::Error` wrapping it.
+fn digest_error(err: &io::Error) -> Option<&DigestError> {
+    err.get_ref().and_then(|inner| inner.downcast_ref::<DigestError>())
 }
 
 /// An error and its causes, `: `-joined (reqwest's own message hides the cause).

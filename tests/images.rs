@@ -1,0 +1,809 @@
+//! Images: pulls from a real registry (Debian's docker-registry on 127.0.0.1:5000, started by
+//! `tests/fixtures/`) and from local sources, compared entry by entry with `umoci unpack` of the
+//! same image; damaged blobs from an in-process fake registry; concurrent pulls.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use msb::store::{Digest, ImageRecord, Store};
+use sha2::{Digest as _, Sha256};
+use tempfile::TempDir;
+
+use crate::test::{msb, repo};
+
+const REGISTRY: &str = "127.0.0.1:5000/msb-test";
+
+/// Starts the registry and builds the fixture images once per test run (idempotent scripts).
+fn fixtures() -> &'static Path {
+    static FIXTURES: OnceLock<PathBuf> = OnceLock::new();
+    FIXTURES.get_or_init(|| {
+        let script = repo().join("tests/fixtures/images.sh");
+        let status = Command::new("bash").arg(&script).status().expect("run tests/fixtures/images.sh");
+        assert!(status.success(), "tests/fixtures/images.sh failed");
+        PathBuf::from(std::env::var("MSB_TEST_FIXTURES").unwrap_or_else(|_| "/tmp/msb-fixtures".into()))
+    })
+}
+
+/// A fresh store folder and `msb` commands run against it.
+struct Home {
+    dir: TempDir,
+}
+
+impl Home {
+    fn new() -> Home {
+        Home { dir: tempfile::Builder::new().prefix("msb-images-").tempdir().expect("tempdir") }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(msb());
+        command.args(args).env("MSB_HOME", self.path()).env_remove("RUST_LOG").env_remove("MSB_INSECURE_REGISTRIES");
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run msb")
+    }
+
+    /// Runs msb and expects success; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        assert!(output.status.success(), "msb {args:?} failed:\n{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Runs msb and expects failure (exit 1); returns stderr.
+    fn fails(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        assert_eq!(output.status.code(), Some(1), "msb {args:?}: {output:?}");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    }
+
+    fn store(&self) -> Store {
+        Store::open(Some(self.path())).expect("open the store")
+    }
+
+    fn record(&self, name: &str) -> ImageRecord {
+        self.store().lookup(name).expect("read the store").unwrap_or_else(|| panic!("`{name}` is not in the store"))
+    }
+
+    /// Everything under a store folder (`blobs/sha256`, `layers/sha256`, `tmp`...).
+    fn entries(&self, dir: &str) -> Vec<String> {
+        let path = self.path().join("v1").join(dir);
+        let mut names: Vec<String> = match fs::read_dir(&path) {
+            Ok(entries) => entries.map(|e| e.expect("entry").file_name().to_string_lossy().into_owned()).collect(),
+            Err(_) => Vec::new(),
+        };
+        names.sort();
+        names
+    }
+}
+
+/// One file-system entry, as compared between msb's merged layers and umoci's rootfs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    kind: &'static str,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    sha256: Option<String>,
+    link: Option<PathBuf>,
+    rdev: u64,
+    mtime: Option<i64>,
+    xattrs: BTreeMap<String, Vec<u8>>,
+}
+
+/// Every entry under `root`, by path relative to it. Directory mtimes are left out: a
+/// directory's mtime in an unpacked tree depends on the order later layers touch it.
+fn tree(root: &Path) -> BTreeMap<PathBuf, Entry> {
+    let mut entries = BTreeMap::new();
+    for item in walkdir::WalkDir::new(root).follow_links(false) {
+        let item = item.expect("walk");
+        let meta = item.path().symlink_metadata().expect("lstat");
+        let relative = item.path().strip_prefix(root).expect("under the root").to_owned();
+        let file_type = meta.file_type();
+        let kind = if file_type.is_dir() {
+            "dir"
+        } else if file_type.is_symlink() {
+            "symlink"
+        } else if file_type.is_file() {
+            "file"
+        } else if file_type.is_fifo() {
+            "fifo"
+        } else if file_type.is_char_device() {
+            "char"
+        } else if file_type.is_block_device() {
+            "block"
+        } else {
+            "socket"
+        };
+        let sha256 = file_type.is_file().then(|| {
+            let mut hasher = Sha256::new();
+            let mut file = fs::File::open(item.path()).expect("open");
+            std::io::copy(&mut file, &mut hasher).expect("read");
+            hex::encode(hasher.finalize())
+        });
+        let mut xattrs = BTreeMap::new();
+        if !file_type.is_symlink() {
+            let mut names = vec![0u8; 4096];
+            if let Ok(n) = rustix::fs::listxattr(item.path(), &mut names) {
+                for name in names[..n].split(|b| *b == 0).filter(|n| n.starts_with(b"user.")) {
+                    let name = String::from_utf8_lossy(name).into_owned();
+                    let mut value = vec![0u8; 4096];
+                    if let Ok(len) = rustix::fs::getxattr(item.path(), name.as_str(), &mut value) {
+                        xattrs.insert(name, value[..len].to_vec());
+                    }
+                }
+            }
+        }
+        let entry = Entry {
+            kind,
+            mode: meta.mode() & 0o7777,
+            uid: meta.uid(),
+            gid: meta.gid(),
+            size: if file_type.is_file() { meta.len() } else { 0 },
+            sha256,
+            link: file_type.is_symlink().then(|| fs::read_link(item.path()).expect("readlink")),
+            rdev: meta.rdev(),
+            mtime: (!file_type.is_dir()).then(|| meta.mtime()),
+            xattrs,
+        };
+        entries.insert(relative, entry);
+    }
+    entries
+}
+
+/// Asserts two trees are the same, listing every difference.
+fn assert_same_tree(what: &str, ours: &Path, theirs: &Path) {
+    let (ours, theirs) = (tree(ours), tree(theirs));
+    let mut differences = Vec::new();
+    for (path, entry) in &theirs {
+        match ours.get(path) {
+            None => differences.push(format!("missing in msb: {}", path.display())),
+            Some(mine) if mine != entry => differences.push(format!("{}:\n  msb   {mine:?}\n  umoci {entry:?}", path.display())),
+            Some(_) => {}
+        }
+    }
+    for path in ours.keys().filter(|p| !theirs.contains_key(*p)) {
+        differences.push(format!("only in msb: {}", path.display()));
+    }
+    assert!(differences.is_empty(), "{what}: {} differences:\n{}", differences.len(), differences.join("\n"));
+    assert!(theirs.len() > 5, "{what}: suspiciously small tree");
+}
+
+/// `umoci unpack` of an OCI layout's image. Kept beside the fixtures under the digest of the
+/// layout's `index.json`, so a rebuilt fixture gets a fresh one and runs leave no litter.
+fn umoci(layout: &str, tag: &str) -> PathBuf {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let index = fs::read(fixtures().join(layout).join("index.json")).expect("read the layout's index.json");
+    let bundle = fixtures().join("umoci").join(format!("{layout}-{tag}-{}", Digest::of(&index).short()));
+    if bundle.join("rootfs").is_dir() {
+        return bundle.join("rootfs");
+    }
+    let building = fixtures().join("umoci").join(format!("building-{}-{layout}-{tag}", std::process::id()));
+    let _ = fs::remove_dir_all(&building);
+    fs::create_dir_all(fixtures().join("umoci")).expect("mkdir");
+    let image = format!("{}:{tag}", fixtures().join(layout).display());
+    let output = Command::new("umoci").args(["unpack", "--image", &image]).arg(&building).output().expect("run umoci");
+    assert!(output.status.success(), "umoci unpack {image}: {}", String::from_utf8_lossy(&output.stderr));
+    // Another test process may have won the race; its copy is as good.
+    if fs::rename(&building, &bundle).is_err() {
+        let _ = fs::remove_dir_all(&building);
+    }
+    bundle.join("rootfs")
+}
+
+/// A read-only overlay of an image's layers, unmounted on drop.
+struct Merged {
+    dir: TempDir,
+}
+
+impl Merged {
+    fn mount(home: &Home, name: &str) -> Merged {
+        let record = home.record(name);
+        let mut lowers = home.store().lowers(&record);
+        let dir = tempfile::Builder::new().prefix("msb-merged-").tempdir().expect("tempdir");
+        // overlayfs needs two lower folders when it has no upper one.
+        let empty = dir.path().join("empty");
+        let target = dir.path().join("root");
+        fs::create_dir(&empty).expect("mkdir");
+        fs::create_dir(&target).expect("mkdir");
+        lowers.push(empty);
+        let lowerdir: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
+        let status = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o"])
+            .arg(format!("ro,lowerdir={}", lowerdir.join(":")))
+            .arg(&target)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mount the overlay of {name}");
+        Merged { dir }
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+}
+
+impl Drop for Merged {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.root()).status();
+    }
+}
+
+fn registry(image: &str) -> String {
+    format!("{REGISTRY}/{image}")
+}
+
+#[test]
+fn registry_pulls_match_umoci() {
+    fixtures();
+    let cases = [
+        ("busybox:latest", "busybox-oci", "latest"),
+        ("busybox:uncompressed", "busybox-uncompressed-oci", "uncompressed"),
+        // umoci 0.4.7 cannot read zstd layers; the gzip image has the same diff_id.
+        ("busybox:zstd", "busybox-oci", "latest"),
+        ("layered:oci", "layered-oci", "latest"),
+        ("layered:schema2", "layered-oci", "latest"),
+        ("multiarch:latest", "busybox-oci", "latest"),
+        ("multiarch:schema2", "busybox-oci", "latest"),
+    ];
+    for (image, layout, tag) in cases {
+        let home = Home::new();
+        let name = registry(image);
+        let digest = home.ok(&["pull", &name]);
+        let record = home.record(&name);
+        assert_eq!(digest.trim(), record.digest.to_string(), "{image}: stdout is the digest");
+        assert!(home.entries("tmp").is_empty(), "{image}: tmp/ is clean: {:?}", home.entries("tmp"));
+        let merged = Merged::mount(&home, &name);
+        assert_same_tree(image, &merged.root(), &umoci(layout, tag));
+    }
+}
+
+#[test]
+fn schema2_and_oci_of_one_image_share_layers_and_config() {
+    fixtures();
+    let home = Home::new();
+    home.ok(&["pull", &registry("layered:oci")]);
+    home.ok(&["pull", &registry("layered:schema2")]);
+    let (oci, schema2) = (home.record(&registry("layered:oci")), home.record(&registry("layered:schema2")));
+    assert_ne!(oci.digest, schema2.digest);
+    assert_eq!(oci.chain_id, schema2.chain_id);
+    assert_eq!(oci.layers.len(), 4);
+    assert_eq!(home.entries("layers/sha256").len(), 4, "the layers are shared");
+    assert_eq!(oci.config, schema2.config);
+    assert_eq!(oci.config.entrypoint, Some(vec!["/bin/suid".to_owned()]));
+    assert_eq!(oci.config.cmd, Some(vec!["--flag".to_owned()]));
+    assert_eq!(oci.config.working_dir.as_deref(), Some("/opq"));
+    assert_eq!(oci.config.user.as_deref(), Some("1000:1000"));
+    assert!(oci.config.env.iter().any(|e| e == "MSB_FIXTURE=layered"));
+    assert!(oci.layers.iter().all(|l| l.media_type.contains("gzip")));
+}
+
+#[test]
+fn multiarch_index_resolves_to_the_host_platform() {
+    fixtures();
+    let home = Home::new();
+    home.ok(&["pull", &registry("multiarch:latest")]);
+    home.ok(&["pull", &registry("busybox:latest")]);
+    let multi = home.record(&registry("multiarch:latest"));
+    let busybox = home.record(&registry("busybox:latest"));
+    assert_eq!(multi.platform.architecture, msb::store::Platform::host().architecture);
+    assert_eq!(multi.platform.os, "linux");
+    // The fixture's host entry is busybox:latest itself, listed last.
+    assert_eq!(multi.digest, busybox.digest);
+    let store = home.store();
+    let resolve = |name: &str| store.resolve(name).expect("read").expect("a ref");
+    assert!(resolve(&registry("multiarch:latest")).index_digest.is_some());
+    assert!(resolve(&registry("busybox:latest")).index_digest.is_none());
+    let merged = Merged::mount(&home, &registry("multiarch:latest"));
+    assert!(!merged.root().join("marker").exists(), "an entry for another platform was taken");
+}
+
+#[test]
+fn one_layer_serves_gzip_zstd_and_uncompressed_blobs() {
+    fixtures();
+    let home = Home::new();
+    for tag in ["latest", "zstd", "uncompressed"] {
+        home.ok(&["pull", &registry(&format!("busybox:{tag}"))]);
+    }
+    let records: Vec<ImageRecord> = ["latest", "zstd", "uncompressed"].iter().map(|t| home.record(&registry(&format!("busybox:{t}")))).collect();
+    let media: Vec<&str> = records.iter().map(|r| r.layers[0].media_type.as_str()).collect();
+    assert_eq!(
+        media,
+        ["application/vnd.oci.image.layer.v1.tar+gzip", "application/vnd.oci.image.layer.v1.tar+zstd", "application/vnd.oci.image.layer.v1.tar"]
+    );
+    assert!(records.windows(2).all(|w| w[0].layers[0].diff_id == w[1].layers[0].diff_id));
+    assert!(records.windows(2).all(|w| w[0].layers[0].blob != w[1].layers[0].blob));
+    assert_eq!(home.entries("layers/sha256").len(), 1);
+    // Only the first pull downloaded the layer: the others found it by diff_id.
+    assert_eq!(home.entries("blobs/sha256"), vec![records[0].layers[0].blob.hex().to_owned()]);
+    assert!(home.store().verify().expect("verify").is_empty());
+}
+
+#[test]
+fn local_sources_match_umoci() {
+    let fixtures = fixtures();
+    let at = |name: &str| fixtures.join(name).display().to_string();
+    let cases = [
+        format!("oci:{}", at("busybox-oci")),
+        format!("oci:{}:latest", at("busybox-oci")),
+        format!("oci-archive:{}", at("busybox.oci.tar")),
+        format!("docker-archive:{}", at("busybox.docker.tar")),
+        format!("oci:{}:zstd", at("busybox-zstd-oci")),
+        format!("oci:{}:uncompressed", at("busybox-uncompressed-oci")),
+        format!("oci:{}:latest", at("multiarch-oci")),
+    ];
+    let reference = umoci("busybox-oci", "latest");
+    let home = Home::new();
+    for source in &cases {
+        home.ok(&["pull", source]);
+        let merged = Merged::mount(&home, source);
+        assert_same_tree(source, &merged.root(), &reference);
+    }
+    let layered = format!("oci:{}:latest", at("layered-oci"));
+    home.ok(&["pull", &layered]);
+    assert_same_tree(&layered, &Merged::mount(&home, &layered).root(), &umoci("layered-oci", "latest"));
+    // All the busybox variants are one layer.
+    assert_eq!(home.entries("layers/sha256").len(), 1 + 4);
+    // Local sources leave no copy of their blobs.
+    assert!(home.entries("blobs/sha256").is_empty());
+    assert!(home.store().verify().expect("verify").is_empty());
+}
+
+#[test]
+fn dir_source_is_used_in_place() {
+    let rootfs = fixtures().join("busybox-rootfs");
+    let home = Home::new();
+    let source = format!("dir:{}", rootfs.display());
+    home.ok(&["pull", &source]);
+    let record = home.record(&source);
+    assert_eq!(record.rootfs_dir.as_deref(), Some(fs::canonicalize(&rootfs).expect("canonicalize").as_path()));
+    assert_eq!(home.store().lowers(&record), vec![fs::canonicalize(&rootfs).expect("canonicalize")]);
+    assert!(home.entries("layers/sha256").is_empty(), "nothing is copied");
+    // Relative paths are resolved against the current folder.
+    let relative = home.command(&["pull", "dir:busybox-rootfs"]).current_dir(fixtures()).output().expect("run msb");
+    assert!(relative.status.success(), "{relative:?}");
+    let missing = home.fails(&["pull", "dir:/nonexistent/rootfs"]);
+    assert!(missing.contains("cannot read `/nonexistent/rootfs`"), "{missing}");
+}
+
+#[test]
+fn load_names_archives() {
+    let fixtures = fixtures();
+    let home = Home::new();
+    let docker = fixtures.join("busybox.docker.tar");
+    home.ok(&["load", docker.to_str().expect("utf-8")]);
+    // `docker save`'s RepoTags name the image.
+    home.record("docker.io/msb-test/busybox:latest");
+    home.ok(&["load", fixtures.join("busybox.oci.tar").to_str().expect("utf-8"), "--name", "mine:v1"]);
+    let mine = home.record("docker.io/library/mine:v1");
+    let listing = home.ok(&["images"]);
+    let lines: Vec<&str> = listing.lines().collect();
+    assert!(lines[0].starts_with("NAME") && lines[0].contains("DIGEST") && lines[0].ends_with("SIZE"), "{listing}");
+    let row = lines.iter().find(|l| l.starts_with("docker.io/library/mine:v1")).expect("a row for mine:v1");
+    assert!(row.contains(mine.digest.short()), "{row}");
+    assert!(row.contains("KiB"), "{row}");
+    assert_eq!(home.ok(&["rmi", "mine:v1"]).trim(), "removed docker.io/library/mine:v1");
+    assert!(home.store().lookup("docker.io/library/mine:v1").expect("lookup").is_none());
+    let err = home.fails(&["rmi", "mine:v1"]);
+    assert!(err.contains("image `mine:v1` is not in the store"), "{err}");
+    let not_archive = home.fails(&["load", fixtures.join("busybox-oci/index.json").to_str().expect("utf-8")]);
+    assert!(not_archive.contains("is not a tar archive"), "{not_archive}");
+}
+
+#[test]
+fn pull_never_with_an_empty_store_fails_clearly() {
+    let home = Home::new();
+    let err = home.fails(&["pull", "--pull", "never", "alpine:3.20"]);
+    assert!(
+        err.contains("image `docker.io/library/alpine:3.20` is not in the store, and `--pull never` forbids pulling it"),
+        "{err}"
+    );
+    let bad = home.run(&["pull", "UPPER/Case:tag"]);
+    assert_eq!(bad.status.code(), Some(2), "clap refuses the argument");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("the repository name must be lowercase"), "{bad:?}");
+}
+
+#[test]
+fn warm_pull_missing_needs_no_network() {
+    let fixtures = fixtures();
+    let home = Home::new();
+    // Port 1 refuses every connection: only the store can answer for this name.
+    let name = "127.0.0.1:1/msb-test/busybox:offline";
+    home.ok(&["load", fixtures.join("busybox.oci.tar").to_str().expect("utf-8"), "--name", name]);
+    let started = Instant::now();
+    home.ok(&["pull", name]);
+    home.ok(&["pull", "--pull", "never", name]);
+    let warm = started.elapsed() / 2;
+    let always = home.fails(&["pull", "--pull", "always", name]);
+    assert!(always.contains("cannot pull `127.0.0.1:1/msb-test/busybox:offline` from 127.0.0.1:1"), "{always}");
+    // Debug builds are slower; the release figure (~2 ms) is in the issue's note.
+    assert!(warm < Duration::from_millis(500), "warm pull took {warm:?}");
+
+    // The same through a registry that counts its requests.
+    let server = FakeRegistry::start(Image::new(b"hello"), Serve::Good);
+    let name = server.name();
+    home.ok(&["pull", &name]);
+    let after_cold = server.requests();
+    assert!(after_cold >= 3, "manifest, config and layer were fetched");
+    home.ok(&["pull", &name]);
+    assert_eq!(server.requests(), after_cold, "a warm pull makes no request");
+    home.ok(&["pull", "--pull", "always", &name]);
+    assert!(server.requests() > after_cold);
+}
+
+#[test]
+fn damaged_blobs_are_refused_and_nothing_is_published() {
+    let image = Image::new(b"content of the layer");
+    let layer = image.layer_digest.clone();
+    let cases = [
+        (Serve::WrongBytes, "is damaged: its content has digest"),
+        (Serve::Truncated, "the registry sends"),
+        (Serve::TooLong, "the registry sends"),
+        (Serve::ClosesEarly, "cannot pull"),
+        (Serve::WrongDiffId, "unpacks to a tar whose digest is"),
+        (Serve::Escape, "escapes the layer"),
+    ];
+    for (serve, expected) in cases {
+        let home = Home::new();
+        let server = FakeRegistry::start(image.clone(), serve);
+        let err = home.fails(&["pull", &server.name()]);
+        assert!(err.contains(expected), "{serve:?}: {err}");
+        assert!(err.contains(&server.name()), "{serve:?}: names the image: {err}");
+        let named = if serve == Serve::Escape { Digest::of(&image.escape_layer).to_string() } else { layer.to_string() };
+        assert!(err.contains(&named), "{serve:?}: names the layer: {err}");
+        if serve == Serve::Escape {
+            assert!(err.contains("entry `../escaped`"), "names the entry: {err}");
+        }
+        for dir in ["blobs/sha256", "layers/sha256", "images/sha256", "refs", "tmp"] {
+            assert!(home.entries(dir).is_empty(), "{serve:?}: {dir} holds {:?}", home.entries(dir));
+        }
+    }
+}
+
+#[test]
+fn credentials_come_from_the_docker_config() {
+    use base64::Engine as _;
+    let basic = FakeRegistry::start(Image::new(b"basic"), Serve::Basic);
+    let token = FakeRegistry::start(Image::new(b"token"), Serve::Token);
+    let docker = tempfile::tempdir().expect("tempdir");
+    let write_config = |password: &str| {
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{password}"));
+        let config = format!(
+            r#"{{"auths":{{"127.0.0.1:{}":{{"auth":"{auth}"}},"127.0.0.1:{}":{{"identitytoken":"{REFRESH_TOKEN}"}}}}}}"#,
+            basic.port, token.port
+        );
+        fs::write(docker.path().join("config.json"), config).expect("write config.json");
+    };
+    let pull = |home: &Home, name: &str| home.command(&["pull", name]).env("DOCKER_CONFIG", docker.path()).output().expect("run msb");
+
+    let home = Home::new();
+    let anonymous = home.fails(&["pull", &basic.name()]);
+    assert!(anonymous.contains("not authorized (log in with `docker login 127.0.0.1:"), "{anonymous}");
+    write_config("wrong");
+    let wrong = pull(&home, &basic.name());
+    assert!(!wrong.status.success() && String::from_utf8_lossy(&wrong.stderr).contains("not authorized"), "{wrong:?}");
+    write_config(PASSWORD);
+    for server in [&basic, &token] {
+        let output = pull(&home, &server.name());
+        assert!(output.status.success(), "{}: {}", server.name(), String::from_utf8_lossy(&output.stderr));
+    }
+}
+
+#[test]
+fn concurrent_pulls_of_images_sharing_layers_all_succeed() {
+    fixtures();
+    let home = Home::new();
+    let images = ["layered:oci", "layered:schema2", "busybox:latest", "busybox:zstd", "busybox:uncompressed", "multiarch:latest"];
+    let children: Vec<_> = images
+        .iter()
+        .map(|image| {
+            let mut command = home.command(&["pull", &registry(image)]);
+            command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+            command.spawn().expect("spawn msb")
+        })
+        .collect();
+    for (child, image) in children.into_iter().zip(images) {
+        let output = child.wait_with_output().expect("wait");
+        assert!(output.status.success(), "{image}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    assert_eq!(home.store().verify().expect("verify"), Vec::<String>::new());
+    assert_eq!(home.entries("layers/sha256").len(), 5);
+    assert!(home.entries("tmp").is_empty(), "{:?}", home.entries("tmp"));
+    assert_same_tree("layered after a race", &Merged::mount(&home, &registry("layered:schema2")).root(), &umoci("layered-oci", "latest"));
+}
+
+#[test]
+fn a_killed_pull_leaves_only_tmp_litter_that_the_next_pull_removes() {
+    let home = Home::new();
+    let server = FakeRegistry::start(Image::new(&vec![7u8; 256 << 10]), Serve::Stalls);
+    let mut child = home.command(&["pull", &server.name()]).stderr(std::process::Stdio::null()).spawn().expect("spawn");
+    // Wait until the layer is being written, then kill msb mid-blob.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while home.entries("tmp").len() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().expect("kill");
+    let _ = child.wait();
+    assert!(!home.entries("tmp").is_empty(), "the pull was killed while building");
+    for dir in ["blobs/sha256", "layers/sha256", "images/sha256", "refs"] {
+        assert!(home.entries(dir).is_empty(), "{dir} holds {:?}", home.entries(dir));
+    }
+    let good = FakeRegistry::start(Image::new(b"small"), Serve::Good);
+    home.ok(&["pull", &good.name()]);
+    assert!(home.entries("tmp").is_empty(), "litter left: {:?}", home.entries("tmp"));
+}
+
+/// A one-layer image built in the test.
+#[derive(Clone)]
+struct Image {
+    config: Vec<u8>,
+    layer: Vec<u8>,
+    bad_config: Vec<u8>,
+    escape_layer: Vec<u8>,
+    layer_digest: Digest,
+}
+
+impl Image {
+    fn new(content: &[u8]) -> Image {
+        let tar = tar_of(&[("file.txt", content)]);
+        let layer = gzip(&tar);
+        let escape_tar = tar_of(&[("../escaped", b"x")]);
+        let escape_layer = gzip(&escape_tar);
+        let config = |diff_id: &Digest| {
+            format!(r#"{{"architecture":"amd64","os":"linux","config":{{"Cmd":["/file.txt"]}},"rootfs":{{"type":"layers","diff_ids":["{diff_id}"]}}}}"#)
+                .into_bytes()
+        };
+        let diff_id = Digest::of(&tar);
+        let layer_digest = Digest::of(&layer);
+        Image {
+            config: config(&diff_id),
+            bad_config: config(&Digest::of(b"another tar")),
+            escape_layer,
+            layer,
+            layer_digest,
+        }
+    }
+
+    /// The manifest for a config and a layer.
+    fn manifest(config: &[u8], layer: &[u8]) -> Vec<u8> {
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",
+"config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":{}}},
+"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{}","size":{}}}]}}"#,
+            Digest::of(config),
+            config.len(),
+            Digest::of(layer),
+            layer.len()
+        )
+        .into_bytes()
+    }
+}
+
+fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut data = Vec::new();
+    for (name, content) in files {
+        let mut header = tar::Header::new_gnu();
+        // `set_path` refuses `..`; a malicious layer writes the name bytes itself.
+        let bytes = name.as_bytes();
+        header.as_old_mut().name[..bytes.len()].copy_from_slice(bytes);
+        header.set_size(content.len() as u64);
+        header.set_mode(0o644);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_mtime(1_700_000_000);
+        header.set_cksum();
+        data.extend_from_slice(header.as_bytes());
+        data.extend_from_slice(content);
+        data.resize(data.len().div_ceil(512) * 512, 0);
+    }
+    data.resize(data.len() + 1024, 0);
+    data
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(data).expect("gzip");
+    encoder.finish().expect("gzip")
+}
+
+/// How the fake registry misbehaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Serve {
+    Good,
+    /// The layer's bytes with one flipped: same size, other digest.
+    WrongBytes,
+    /// Half the layer, with an honest Content-Length.
+    Truncated,
+    /// The layer and more, with an honest Content-Length.
+    TooLong,
+    /// Content-Length of the whole layer, then the connection closes halfway.
+    ClosesEarly,
+    /// A config whose diff_id is not the layer's.
+    WrongDiffId,
+    /// A layer with a `../` entry.
+    Escape,
+    /// Half the layer, then nothing for a minute.
+    Stalls,
+    /// Every request needs HTTP basic auth with [`USER`] and [`PASSWORD`].
+    Basic,
+    /// Every request needs a bearer token, got from `/token` for [`REFRESH_TOKEN`].
+    Token,
+}
+
+/// A registry on a loopback port serving one image, `fake/image:tag`, the way `serve` says.
+struct FakeRegistry {
+    port: u16,
+    requests: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl FakeRegistry {
+    fn start(image: Image, serve: Serve) -> FakeRegistry {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().expect("addr").port();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let config = if serve == Serve::WrongDiffId { image.bad_config.clone() } else { image.config.clone() };
+        let good_layer = if serve == Serve::Escape { image.escape_layer.clone() } else { image.layer.clone() };
+        let manifest = Image::manifest(&config, &good_layer);
+        let (count, halt) = (requests.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !halt.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        count.fetch_add(1, Ordering::Relaxed);
+                        let (manifest, config, layer) = (manifest.clone(), config.clone(), good_layer.clone());
+                        std::thread::spawn(move || answer(stream, serve, port, &manifest, &config, &layer));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        FakeRegistry { port, requests, stop }
+    }
+
+    fn name(&self) -> String {
+        format!("127.0.0.1:{}/fake/image:tag", self.port)
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for FakeRegistry {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The credentials the `Basic` and `Token` fake registries want.
+const USER: &str = "msb";
+const PASSWORD: &str = "secret";
+const REFRESH_TOKEN: &str = "refresh-me";
+const ACCESS_TOKEN: &str = "access-granted";
+
+/// Answers one HTTP/1.1 request and closes the connection.
+fn answer(stream: TcpStream, serve: Serve, port: u16, manifest: &[u8], config: &[u8], layer: &[u8]) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut reader = BufReader::new(&stream);
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).is_err() {
+        return;
+    }
+    let mut headers = BTreeMap::new();
+    loop {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) if line == "\r\n" => break,
+            Ok(_) => {
+                if let Some((name, value)) = line.split_once(':') {
+                    headers.insert(name.trim().to_lowercase(), value.trim().to_owned());
+                }
+            }
+        }
+    }
+    let length: usize = headers.get("content-length").and_then(|l| l.parse().ok()).unwrap_or(0);
+    let mut body = vec![0; length];
+    let _ = reader.read_exact(&mut body);
+    let path = request_line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+    let mut stream = &stream;
+    let send_with = |stream: &mut &TcpStream, status: &str, extra: &str, kind: &str, length: usize, body: &[u8]| {
+        let head = format!(
+            "HTTP/1.1 {status}\r\n{extra}Content-Type: {kind}\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
+        );
+        let _ = stream.write_all(head.as_bytes());
+        let _ = stream.write_all(body);
+        let _ = stream.flush();
+    };
+    let send = |stream: &mut &TcpStream, status: &str, kind: &str, length: usize, body: &[u8]| {
+        send_with(stream, status, "", kind, length, body);
+    };
+    let authorization = headers.get("authorization").cloned().unwrap_or_default();
+    let (wanted, challenge) = match serve {
+        Serve::Basic => {
+            use base64::Engine as _;
+            let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
+            (format!("Basic {encoded}"), "WWW-Authenticate: Basic realm=\"fake\"\r\n".to_owned())
+        }
+        Serve::Token => (
+            format!("Bearer {ACCESS_TOKEN}"),
+            format!("WWW-Authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"fake\"\r\n"),
+        ),
+        _ => (String::new(), String::new()),
+    };
+    if serve == Serve::Token && path == "/token" {
+        let form = String::from_utf8_lossy(&body);
+        if form.contains(&format!("refresh_token={REFRESH_TOKEN}")) && form.contains("grant_type=refresh_token") {
+            let token = format!(r#"{{"access_token":"{ACCESS_TOKEN}"}}"#);
+            send(&mut stream, "200 OK", "application/json", token.len(), token.as_bytes());
+        } else {
+            send(&mut stream, "401 Unauthorized", "application/json", 2, b"{}");
+        }
+    } else if !wanted.is_empty() && authorization != wanted {
+        let body = br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#;
+        send_with(&mut stream, "401 Unauthorized", &challenge, "application/json", body.len(), body);
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        return;
+    }
+    let blob = |digest: &Digest| format!("/v2/fake/image/blobs/{digest}");
+    if path == "/token" {
+        // answered above
+    } else if path == "/v2/" {
+        send(&mut stream, "200 OK", "application/json", 2, b"{}");
+    } else if path.starts_with("/v2/fake/image/manifests/") {
+        send(&mut stream, "200 OK", "application/vnd.oci.image.manifest.v1+json", manifest.len(), manifest);
+    } else if path == blob(&Digest::of(config)) {
+        send(&mut stream, "200 OK", "application/octet-stream", config.len(), config);
+    } else if path == blob(&Digest::of(layer)) {
+        let kind = "application/octet-stream";
+        match serve {
+            Serve::WrongBytes => {
+                let mut bad = layer.to_vec();
+                let middle = bad.len() / 2;
+                bad[middle] ^= 0xff;
+                send(&mut stream, "200 OK", kind, bad.len(), &bad);
+            }
+            Serve::Truncated => send(&mut stream, "200 OK", kind, layer.len() / 2, &layer[..layer.len() / 2]),
+            Serve::TooLong => {
+                let long = [layer, b"trailing bytes"].concat();
+                send(&mut stream, "200 OK", kind, long.len(), &long);
+            }
+            Serve::ClosesEarly => send(&mut stream, "200 OK", kind, layer.len(), &layer[..layer.len() / 2]),
+            Serve::Stalls => {
+                send(&mut stream, "200 OK", kind, layer.len(), &layer[..layer.len() / 2]);
+                std::thread::sleep(Duration::from_secs(60));
+            }
+            Serve::Good | Serve::WrongDiffId | Serve::Escape | Serve::Basic | Serve::Token => {
+                send(&mut stream, "200 OK", kind, layer.len(), layer)
+            }
+        }
+    } else {
+        let body = br#"{"errors":[{"code":"BLOB_UNKNOWN","message":"blob unknown"}]}"#;
+        send(&mut stream, "404 Not Found", "application/json", body.len(), body);
+    }
+    // Close our side first, so a client waiting for the promised bytes sees the end at once.
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let mut rest = Vec::new();
+    let _ = reader.read_to_end(&mut rest);
+}
