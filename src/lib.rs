@@ -12,3 +12,4 @@ pub mod project;
 pub mod reference;
 pub mod store;
 pub mod sys;
+pub mod watch;
