@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use crate::manifest::{Manifest, Patch, SandboxConfig, Script};
-use crate::plan::SandboxPlan;
+use crate::plan::{Reason, SandboxPlan};
 
 /// Names that editors and tools write beside the files they work on, never the user's content.
 const ALWAYS_IGNORED: &[&str] = &["**/.git/**", "**/target/**", "**/*.swp", "**/*.swx", "**/*~", "**/4913", "**/.#*"];
@@ -163,23 +163,16 @@ fn why_restart(old_config: &SandboxConfig, old: &SandboxPlan, config: &SandboxCo
     if old.image.digest != new.image.digest || old.image.reference != new.image.reference {
         return Some("image changed".into());
     }
-    let keys = |plan: &SandboxPlan| plan.steps.iter().map(|s| s.key.clone()).collect::<Vec<_>>();
-    if keys(old) != keys(new) {
-        let first = new.steps.iter().zip(old.steps.iter().map(Some).chain(std::iter::repeat(None))).position(|(n, o)| o.is_none_or(|o| o.key != n.key));
-        let removed = new.steps.len() < old.steps.len();
-        return Some(match first {
-            Some(i) => {
-                let step = &new.steps[i];
-                let what = match &step.reason {
-                    Some(crate::plan::Reason::SourceChanged { file }) => format!("patch {} source {file} changed", step.index),
-                    Some(crate::plan::Reason::NewStep) => format!("patch {} added", step.index),
-                    _ => format!("patch {} changed", step.index),
-                };
-                format!("{what} → rebuilding {}..{}", step.index, new.steps.len())
-            }
-            None if removed => format!("patches {}..{} removed", new.steps.len() + 1, old.steps.len()),
-            None => "patches changed".into(),
-        });
+    if let Some((index, reason)) = new.first_change_from(old) {
+        let what = match reason {
+            Reason::SourceChanged { file } => format!("patch {index} source {file} changed"),
+            Reason::NewStep => format!("patch {index} added"),
+            _ => format!("patch {index} changed"),
+        };
+        return Some(format!("{what} → rebuilding {index}..{}", new.steps.len()));
+    }
+    if new.steps.len() < old.steps.len() {
+        return Some(format!("patches {}..{} removed", new.steps.len() + 1, old.steps.len()));
     }
     let settings = |c: &SandboxConfig| SandboxConfig { patch: Vec::new(), scripts: Default::default(), ..c.clone() };
     if settings(old_config) != settings(config) {
@@ -250,5 +243,48 @@ mod tests {
         assert!(folders.contains(&(root.clone(), false)), "{folders:?}");
         assert!(folders.contains(&(root.join("scripts"), false)), "{folders:?}");
         assert!(folders.contains(&(root.join("site"), true)), "{folders:?}");
+    }
+
+    /// The configs and plans of a Sandboxfile, as `up --watch` keeps them for the running set.
+    fn planned(dir: &Path, text: &str) -> Vec<(SandboxConfig, SandboxPlan)> {
+        let manifest = manifest(dir, text);
+        let sources = crate::plan::sources::digest_sources(&manifest).unwrap();
+        let image = crate::plan::ImageFacts { digest: "sha256:i".into(), chain_id: "sha256:c".into(), present: true };
+        manifest
+            .file
+            .sandbox
+            .iter()
+            .map(|(name, config)| {
+                let plan = crate::plan::plan_sandbox(name.as_str(), config, Some(&image), &sources, &|_| true, None);
+                (config.clone(), plan)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_edit_restarts_only_the_sandboxes_it_changes_and_says_why() {
+        let dir = project();
+        let two = "[sandbox.a]\nimage = \"alpine\"\ncommand = [\"serve\"]\n[sandbox.a.scripts]\nserve = \"echo 1\"\n\
+            [sandbox.b]\nimage = \"alpine\"\n[[sandbox.b.patch]]\nop = \"copy_file\"\nsrc = \"cert.pem\"\ndst = \"/c\"\n\
+            [[sandbox.b.patch]]\nop = \"mkdir\"\npath = \"/d\"\n";
+        let before = planned(dir.path(), two);
+        assert_eq!(changes(&before, &before), []);
+
+        let script_edit = planned(dir.path(), &two.replace("echo 1", "echo 2"));
+        assert_eq!(
+            changes(&before, &script_edit),
+            [Change::Restart { name: "a".into(), why: "scripts changed (no layer rebuilt)".into() }]
+        );
+
+        std::fs::write(dir.path().join("cert.pem"), "new").unwrap();
+        let source_edit = planned(dir.path(), two);
+        assert_eq!(
+            changes(&before, &source_edit),
+            [Change::Restart { name: "b".into(), why: "patch 1 source cert.pem changed → rebuilding 1..2".into() }]
+        );
+
+        let removed = planned(dir.path(), &two[..two.find("[sandbox.b]").unwrap()]);
+        assert_eq!(changes(&before, &removed), [Change::Stop("b".into())]);
+        assert_eq!(changes(&removed, &before), [Change::Start("b".into())]);
     }
 }

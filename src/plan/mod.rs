@@ -89,6 +89,9 @@ pub struct StepPlan {
     /// The host source's digest, for copy ops.
     #[serde(skip)]
     source: Option<String>,
+    /// The host source as written, for copy ops.
+    #[serde(skip)]
+    source_file: Option<String>,
     #[serde(skip)]
     written: Value,
 }
@@ -177,6 +180,7 @@ pub fn plan_sandbox(
             status: if is_cached { StepStatus::Cached } else { StepStatus::Build },
             reason,
             source,
+            source_file: source_of(patch).map(str::to_owned),
             written,
         });
     }
@@ -200,17 +204,35 @@ fn reason(
     if previous.chain_id != image.chain_id {
         return Reason::ImageChanged;
     }
-    match previous.steps.get(index - 1) {
+    compare(previous.steps.get(index - 1), written, source, source_of(patch))
+}
+
+/// Why a step differs from what stood at its place before.
+fn compare(before: Option<&RecordStep>, written: &Value, source: Option<&str>, file: Option<&str>) -> Reason {
+    match before {
         None => Reason::NewStep,
         Some(before) if before.op != *written => Reason::OpChanged,
-        Some(before) if before.source.as_deref() != source => Reason::SourceChanged {
-            file: source_of(patch).unwrap_or_default().to_owned(),
-        },
+        Some(before) if before.source.as_deref() != source => {
+            Reason::SourceChanged { file: file.unwrap_or_default().to_owned() }
+        }
         Some(_) => Reason::NotInCache,
     }
 }
 
 impl SandboxPlan {
+    /// The first step whose key differs from `before`'s (same sandbox, an earlier version of
+    /// the Sandboxfile), with its 1-based index and why it changed.
+    pub fn first_change_from(&self, before: &SandboxPlan) -> Option<(usize, Reason)> {
+        self.steps.iter().enumerate().find_map(|(i, step)| {
+            let old = before.steps.get(i);
+            if old.is_some_and(|old| old.key == step.key) {
+                return None;
+            }
+            let old = old.map(|o| RecordStep { key: o.key.clone().unwrap_or_default(), op: o.written.clone(), source: o.source.clone() });
+            Some((step.index, compare(old.as_ref(), &step.written, step.source.as_deref(), step.source_file.as_deref())))
+        })
+    }
+
     /// The record to keep once every step of this plan is built.
     pub fn record(&self) -> Option<Record> {
         let chain_id = self.image.chain_id.clone()?;
