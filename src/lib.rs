@@ -1,7 +1,8 @@
 //! msb: run sandboxes described by a committed `Sandboxfile`.
 //!
 //! The modules follow the data path: [`manifest`] (the Sandboxfile as written and checked) →
-//! [`store`] (images and layers on disk).
+//! [`plan`] (what each sandbox needs, cached or built and why) → [`project`] and [`store`] (images
+//! and layers on disk, patch layers built through [`sys`]); [`watch`] says what an edit changes.
 
 pub mod cli;
 pub mod env;

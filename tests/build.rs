@@ -282,3 +282,16 @@ fn plan_of_an_unknown_sandbox_lists_the_known_ones() {
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("no sandbox named `wroker`") && out.stderr.contains("`worker`"), "{}", out.stderr);
 }
+
+#[test]
+fn sandboxes_are_planned_in_the_order_of_the_file() {
+    let image = tempfile::tempdir().unwrap();
+    let root = rootfs(image.path());
+    let out = Test::new()
+        .sandboxfile(format!("[sandbox.zeta]\nimage = \"dir:{0}\"\n[sandbox.alpha]\nimage = \"dir:{0}\"\n", root.display()))
+        .args(["plan", "--format", "json"])
+        .run();
+    let plans: Value = serde_json::from_str(&out.stdout).unwrap();
+    let names: Vec<&str> = plans.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["zeta", "alpha"]);
+}
