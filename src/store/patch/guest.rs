@@ -25,7 +25,16 @@ impl Guest {
     /// Opens `relative` (no leading `/`) inside the root; `""` is the root itself.
     fn open(&self, relative: &str, flags: OFlags, mode: Mode) -> io::Result<OwnedFd> {
         let path = if relative.is_empty() { "." } else { relative };
-        Ok(openat2(&self.root, path, flags | OFlags::CLOEXEC, mode, ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS)?)
+        let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
+        // The kernel answers EAGAIN when a rename or mount anywhere on the system raced with a
+        // `..` step (its check is global); the resolution is simply tried again.
+        let mut attempts = 0;
+        loop {
+            match openat2(&self.root, path, flags | OFlags::CLOEXEC, mode, resolve) {
+                Err(Errno::AGAIN) if attempts < 64 => attempts += 1,
+                result => return Ok(result?),
+            }
+        }
     }
 
     /// The folder that holds `path`, and the name of `path` in it.
