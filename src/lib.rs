@@ -4,6 +4,7 @@
 //! [`plan`] (what each sandbox needs, cached or built and why) → [`project`] and [`store`] (images
 //! and layers on disk, patch layers built through [`sys`]); [`watch`] says what an edit changes.
 
+pub mod agent;
 pub mod cli;
 pub mod env;
 pub mod error;
@@ -11,6 +12,7 @@ pub mod manifest;
 pub mod plan;
 pub mod project;
 pub mod reference;
+pub mod runtime;
 pub mod store;
 pub mod sys;
 pub mod watch;

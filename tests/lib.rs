@@ -1,5 +1,6 @@
 //! End-to-end tests of the `msb` command. One binary; each module a feature.
 
+mod agent;
 mod build;
 mod cache;
 mod images;

@@ -20,7 +20,6 @@ use rustix::event::{PollFd, PollFlags, poll};
 use rustix::fs::CWD;
 use rustix::mount::{MountPropagationFlags, MoveMountFlags, UnmountFlags, mount_change, move_mount, unmount};
 use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
-use rustix::thread::UnshareFlags;
 use serde::{Deserialize, Serialize};
 
 /// What the private mount namespace gets before the command starts.
@@ -52,14 +51,9 @@ pub(crate) fn spawn_in_private_namespace(ns: Namespace<'_>, mut command: Command
 /// Moves the calling thread (only it: its fs context is unshared too) into a new mount
 /// namespace whose mounts are all private.
 pub(crate) fn enter_private_mount_namespace() -> io::Result<()> {
-    // SAFETY: `unshare_unsafe` is unsafe only because `UnshareFlags::FILES` would give this thread
-    // a descriptor table other threads cannot see. NEWNS (with the FS context the kernel unshares
-    // along with it) changes only this thread's mount namespace, root and cwd, on which no Rust
-    // invariant depends. This is the crate's one unsafe outside krun's FFI.
-    #[allow(unsafe_code)]
-    unsafe {
-        rustix::thread::unshare_unsafe(UnshareFlags::NEWNS)?;
-    }
+    // CLONE_NEWNS (the kernel unshares the FS context along with it) changes only this thread's
+    // mount namespace, root and cwd; no descriptor table is unshared.
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(io::Error::from)?;
     mount_change("/", MountPropagationFlags::PRIVATE | MountPropagationFlags::REC)?;
     Ok(())
 }
@@ -93,6 +87,44 @@ pub(crate) fn prepare(ns: Namespace<'_>) -> io::Result<()> {
 
 fn with_path(err: io::Error, op: &str, path: &Path) -> io::Error {
     io::Error::new(err.kind(), format!("cannot {op} {}: {err}", path.display()))
+}
+
+/// Waits, without polling, until the file `path` holds a pid (crun writes its pid file once PID 1
+/// exists), `child` exits, or `timeout` passes. A sleep loop here would cost a scheduler round
+/// per wake-up on a busy host, on the critical path of every boot.
+pub(crate) fn wait_for_pid_file(path: &Path, child: &mut Child, timeout: Duration) -> io::Result<Option<i32>> {
+    use rustix::fs::inotify;
+    let read_pid = || fs::read_to_string(path).ok().and_then(|s| s.trim().parse::<i32>().ok());
+    let notify = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    inotify::add_watch(&notify, dir, inotify::WatchFlags::CLOSE_WRITE | inotify::WatchFlags::MOVED_TO)?;
+    let pidfd = Pid::from_raw(child.id() as i32).and_then(|pid| pidfd_open(pid, PidfdFlags::empty()).ok());
+    let deadline = Instant::now() + timeout;
+    let mut buffer = [0u8; 4096];
+    loop {
+        // Checked after the watch is set, so a write in between is not missed.
+        if let Some(pid) = read_pid() {
+            return Ok(Some(pid));
+        }
+        if child.try_wait()?.is_some() {
+            return Ok(read_pid());
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(None);
+        }
+        let spec = rustix::event::Timespec { tv_sec: left.as_secs() as i64, tv_nsec: i64::from(left.subsec_nanos()) };
+        let mut fds = vec![PollFd::new(&notify, PollFlags::IN)];
+        if let Some(pidfd) = &pidfd {
+            fds.push(PollFd::new(pidfd, PollFlags::IN));
+        }
+        match poll(&mut fds, Some(&spec)) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(err) => return Err(err.into()),
+        }
+        // Drain the events; only the file's content matters.
+        while matches!(rustix::io::read(&notify, &mut buffer), Ok(n) if n > 0) {}
+    }
 }
 
 /// A process named by its pid *and* its start time, so a recycled pid is never mistaken for it.
@@ -185,11 +217,12 @@ mod tests {
     #[test]
     fn a_private_namespace_hides_its_mounts_from_the_host() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (lower, target) = (dir.path().join("lower"), dir.path().join("root"));
+        let (lower, empty, target) = (dir.path().join("lower"), dir.path().join("empty"), dir.path().join("root"));
         fs::create_dir(&lower).expect("lower");
+        fs::create_dir(&empty).expect("empty");
         fs::create_dir(&target).expect("root");
         fs::write(lower.join("marker"), "x").expect("marker");
-        let overlay = crate::sys::overlay::mount(&[&lower], None).expect("overlay");
+        let overlay = crate::sys::overlay::mount(&[&lower, &empty], None).expect("overlay");
         let mut ls = Command::new("cat");
         ls.arg(target.join("marker")).arg("/proc/self/mountinfo").stdout(std::process::Stdio::piped());
         let ns = Namespace { attach: Some((overlay, &target)), ..Default::default() };

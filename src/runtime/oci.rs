@@ -1,0 +1,546 @@
+//! The `oci` backend: the rootfs view handed to crun (or runc) as a runtime-spec bundle.
+//!
+//! `config.json` makes the agent PID 1 in new pid, mount, ipc, uts, cgroup and (unless the host
+//! network is asked for) network namespaces, with what an init such as systemd needs to run:
+//! `container=` in its environment, podman's default capabilities, `/sys/fs/cgroup` read-write,
+//! tmpfs on `/run`, `/run/lock` and `/tmp`. The rootfs path exists only in the private mount
+//! namespace crun runs in (see `sys`).
+
+use std::fs::{self, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use oci_spec::runtime::{
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
+    LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, Mount, MountBuilder,
+    PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    get_default_maskedpaths, get_default_readonly_paths,
+};
+
+use super::cgroup::{CgroupLayout, Controller};
+use super::state::{BackendKind, SandboxDir, State, Status, StopSignal};
+use super::sys::{self, Namespace, ProcessRef};
+use super::view::{self, GUEST_AGENT, GUEST_CONFIG, GUEST_RUN, GUEST_SCRIPTS, GuestConfig};
+use super::{AGENT_SOCKET_NAME, Backend, Boot, Network, Pid1, RuntimeError, SandboxSpec, Started};
+
+/// The OCI runtime binary: crun (the default) or runc. Both take the same commands here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OciRuntime {
+    /// A name looked up on `PATH`, or a path.
+    pub binary: PathBuf,
+}
+
+impl OciRuntime {
+    pub fn crun() -> OciRuntime {
+        OciRuntime { binary: "crun".into() }
+    }
+
+    pub fn runc() -> OciRuntime {
+        OciRuntime { binary: "runc".into() }
+    }
+
+    /// `crun`, `runc`, or the binary's file name.
+    pub fn name(&self) -> String {
+        self.binary.file_name().map_or_else(|| self.binary.display().to_string(), |n| n.to_string_lossy().into_owned())
+    }
+
+    /// crun refuses hybrid cgroup hosts; runc copes with them.
+    fn refuses_hybrid_cgroups(&self) -> bool {
+        self.name().starts_with("crun")
+    }
+
+    fn command(&self, state_root: &Path) -> Command {
+        let mut command = Command::new(&self.binary);
+        command.arg("--root").arg(state_root);
+        command
+    }
+
+    fn missing(&self, cause: io::Error) -> RuntimeError {
+        let package = if self.name().starts_with("runc") { "runc" } else { "crun" };
+        RuntimeError::MissingRuntime { binary: self.binary.clone(), package: package.into(), cause }
+    }
+}
+
+/// crun (or runc) with msb's state root.
+#[derive(Debug)]
+pub struct OciBackend {
+    runtime: OciRuntime,
+    state_root: PathBuf,
+    layout: CgroupLayout,
+}
+
+impl OciBackend {
+    /// `state_root` is the runtime's `--root` (`Sandboxes::oci_state_root`).
+    pub fn new(runtime: OciRuntime, state_root: PathBuf) -> OciBackend {
+        let layout = CgroupLayout::detect();
+        static SAID: OnceLock<()> = OnceLock::new();
+        SAID.get_or_init(|| tracing::info!("{layout}"));
+        OciBackend { runtime, state_root, layout }
+    }
+
+    /// The pid crun wrote to the pid file, once it has.
+    fn read_pid(dir: &SandboxDir) -> Option<i32> {
+        fs::read_to_string(dir.pid_file()).ok()?.trim().parse().ok()
+    }
+
+    /// PID 1 from the pid file, when `state.json` missed it (msb died right after starting it).
+    /// A pid read from a file may have been recycled: it counts only if the process is in the
+    /// container's cgroup.
+    fn pid_file_init(dir: &SandboxDir, container_id: &str) -> Option<ProcessRef> {
+        let pid = Self::read_pid(dir)?;
+        let cgroups = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        let ours = cgroups.lines().any(|line| line.rsplit(':').next().is_some_and(|path| path.contains(container_id)));
+        if ours { ProcessRef::of(pid) } else { None }
+    }
+
+    /// Runs a short runtime command (`kill`, `delete`), returning its error output on failure.
+    fn run(&self, args: &[&str]) -> Result<(), String> {
+        let output = self
+            .runtime
+            .command(&self.state_root)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|err| self.runtime.missing(err).to_string())?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).trim().to_owned())
+        }
+    }
+}
+
+impl Backend for OciBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Oci
+    }
+
+    fn start(&self, boot: Boot<'_>) -> Result<Started, RuntimeError> {
+        let Boot { dir, spec, view, init, detach } = boot;
+        let guest = GuestConfig::new(spec, init, Some(format!("{GUEST_RUN}/{AGENT_SOCKET_NAME}")), None);
+        view::write_guest_config(dir, &guest)?;
+        let (config, skipped) = bundle_config(dir, spec, &self.layout)?;
+        warn_skipped_limits(&skipped, &self.layout);
+        let config_path = dir.bundle().join("config.json");
+        config.save(&config_path).map_err(|err| RuntimeError::Io {
+            op: "write",
+            path: config_path.clone(),
+            cause: io::Error::other(err.to_string()),
+        })?;
+        fs::create_dir_all(&self.state_root).map_err(RuntimeError::io("create", &self.state_root))?;
+
+        let log = OpenOptions::new().append(true).create(true).open(dir.log()).map_err(RuntimeError::io("open", dir.log()))?;
+        let log_err = log.try_clone().map_err(RuntimeError::io("open", dir.log()))?;
+        let mut command = self.runtime.command(&self.state_root);
+        command.arg("--log").arg(dir.runtime_log()).arg("run");
+        if detach {
+            command.arg("--detach");
+        }
+        command
+            .arg("--bundle")
+            .arg(dir.bundle())
+            .arg("--pid-file")
+            .arg(dir.pid_file())
+            .arg(dir.container_id())
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            // Its own process group: a Ctrl-C at msb's terminal reaches msb alone, which stops the
+            // sandbox in order instead of leaving crun half-killed.
+            .process_group(0);
+        let hide = if self.runtime.refuses_hybrid_cgroups() { self.layout.mount_to_hide_from_crun() } else { None };
+        let rootfs = dir.rootfs();
+        let namespace = Namespace { hide, attach: Some((view, &rootfs)), binds: Vec::new() };
+        let mut child = sys::spawn_in_private_namespace(namespace, command).map_err(|err| match err.kind() {
+            io::ErrorKind::NotFound => self.runtime.missing(err),
+            _ => RuntimeError::Io { op: "start the sandbox in", path: dir.path().to_owned(), cause: err },
+        })?;
+        let failed = |status: std::process::ExitStatus| RuntimeError::Oci {
+            runtime: self.runtime.name(),
+            name: spec.name.clone(),
+            message: runtime_message(dir).unwrap_or_else(|| format!("exited with {status}")),
+        };
+
+        if detach {
+            let status = child.wait().map_err(RuntimeError::io("wait for", &self.runtime.binary))?;
+            if !status.success() {
+                return Err(failed(status));
+            }
+            let init = Self::read_pid(dir).and_then(ProcessRef::of);
+            return Ok(Started { init, runtime_process: None, child: None });
+        }
+        let runtime_process = ProcessRef::of(child.id() as i32);
+        // crun writes the pid file once PID 1 exists: a few milliseconds.
+        let pid = sys::wait_for_pid_file(&dir.pid_file(), &mut child, Duration::from_secs(30))
+            .map_err(RuntimeError::io("wait for", dir.pid_file()))?;
+        if pid.is_none() {
+            match child.try_wait().map_err(RuntimeError::io("wait for", &self.runtime.binary))? {
+                Some(status) if !status.success() => return Err(failed(status)),
+                Some(_) => {}
+                None => tracing::warn!(sandbox = %spec.name, "{} reported no PID 1 within 30 s", self.runtime.name()),
+            }
+        }
+        Ok(Started { init: pid.and_then(ProcessRef::of), runtime_process, child: Some(child) })
+    }
+
+    fn stop(&self, dir: &SandboxDir, state: &State, timeout: Duration) -> Result<(), RuntimeError> {
+        let init = state.init.or_else(|| Self::pid_file_init(dir, &state.container_id));
+        if let Some(init) = init.filter(ProcessRef::is_alive) {
+            if !timeout.is_zero() {
+                let asked = match state.stop_signal {
+                    StopSignal::Term => init.signal(rustix::process::Signal::TERM).is_ok(),
+                    StopSignal::BusyboxPoweroff => init.signal(rustix::process::Signal::USR2).is_ok(),
+                    // A real-time signal: rustix builds those only unsafely, the runtime by number.
+                    StopSignal::SystemdPoweroff => {
+                        self.run(&["kill", &state.container_id, &state.stop_signal.number().to_string()]).is_ok()
+                    }
+                };
+                if asked && init.wait_gone(timeout) {
+                    tracing::debug!(sandbox = %state.name, "PID 1 stopped on its signal");
+                }
+            }
+            if init.is_alive() {
+                tracing::info!(sandbox = %state.name, "killing PID 1 (host pid {})", init.pid);
+                init.signal(rustix::process::Signal::KILL).map_err(RuntimeError::io("kill", dir.path()))?;
+                init.wait_gone(Duration::from_secs(10));
+            }
+        }
+        // A foreground `crun run` exits once PID 1 has; an orphaned one (its msb was killed) too.
+        if let Some(runtime) = state.runtime_process.filter(ProcessRef::is_alive)
+            && !runtime.wait_gone(Duration::from_secs(5))
+        {
+            let _ = runtime.signal(rustix::process::Signal::KILL);
+            runtime.wait_gone(Duration::from_secs(5));
+        }
+        self.remove(dir, state)
+    }
+
+    fn state(&self, dir: &SandboxDir, state: &State) -> Status {
+        let init = state.init.or_else(|| Self::pid_file_init(dir, &state.container_id));
+        match init {
+            Some(init) if init.is_alive() => Status::Running { init: Some(init), backend: BackendKind::Oci },
+            Some(init) => Status::Stale { reason: format!("its PID 1 (host pid {}) has exited", init.pid) },
+            None if state.runtime_process.is_some_and(|p| p.is_alive()) => {
+                Status::Running { init: None, backend: BackendKind::Oci }
+            }
+            None => Status::Stale { reason: "it never reported a PID 1".into() },
+        }
+    }
+
+    /// `delete --force` kills anything left in the container and removes its cgroups and the
+    /// runtime's state; it is skipped when the runtime has no state for it (crun's foreground
+    /// `run` deletes on exit).
+    fn remove(&self, dir: &SandboxDir, state: &State) -> Result<(), RuntimeError> {
+        let _ = dir;
+        if !self.state_root.join(&state.container_id).exists() {
+            return Ok(());
+        }
+        match self.run(&["delete", "--force", &state.container_id]) {
+            Ok(()) => Ok(()),
+            Err(_) if !self.state_root.join(&state.container_id).exists() => Ok(()),
+            Err(message) => Err(RuntimeError::Oci { runtime: self.runtime.name(), name: state.name.clone(), message }),
+        }
+    }
+}
+
+/// The runtime's last error line from its `--log` file (`runtime.log`), for failures that
+/// happen before PID 1 runs.
+pub(crate) fn runtime_message(dir: &SandboxDir) -> Option<String> {
+    let text = fs::read_to_string(dir.runtime_log()).ok()?;
+    let line = text.lines().rev().find(|l| !l.trim().is_empty())?;
+    // runc writes logfmt/JSON lines; crun plain text.
+    let message = serde_json::from_str::<serde_json::Value>(line)
+        .ok()
+        .and_then(|v| v.get("msg").and_then(|m| m.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| line.trim().to_owned());
+    Some(message)
+}
+
+fn warn_skipped_limits(skipped: &[Controller], layout: &CgroupLayout) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if !skipped.is_empty() && !WARNED.swap(true, Ordering::Relaxed) {
+        let names: Vec<_> = skipped.iter().map(|c| format!("{c:?}").to_lowercase()).collect();
+        tracing::warn!("this host's cgroups cannot apply the {} limit: skipped ({layout})", names.join(" and "));
+    }
+}
+
+/// podman's default capabilities: what an init and ordinary services expect of a container.
+pub const CAPABILITIES: [Capability; 11] = [
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fowner,
+    Capability::Fsetid,
+    Capability::Kill,
+    Capability::NetBindService,
+    Capability::Setfcap,
+    Capability::Setgid,
+    Capability::Setpcap,
+    Capability::Setuid,
+    Capability::SysChroot,
+];
+
+/// The CPU period the quota is a share of (100 ms, the kernel's default).
+const CPU_PERIOD: u64 = 100_000;
+
+/// The bundle's `config.json` for `spec`, and the limits this host's cgroups cannot apply.
+pub fn bundle_config(
+    dir: &SandboxDir,
+    spec: &SandboxSpec,
+    layout: &CgroupLayout,
+) -> Result<(Spec, Vec<Controller>), RuntimeError> {
+    let invalid = |err: oci_spec::OciSpecError| RuntimeError::Invalid { name: spec.name.clone(), reason: err.to_string() };
+    let (args, env, cwd, (uid, gid)) = match &spec.pid1 {
+        Pid1::Agent { .. } => (vec![GUEST_AGENT.to_owned()], Vec::new(), "/".to_owned(), (0, 0)),
+        Pid1::Command => {
+            if spec.process.argv.is_empty() {
+                return Err(RuntimeError::Invalid { name: spec.name.clone(), reason: "it has no command to run".into() });
+            }
+            let user = numeric_user(spec.process.user.as_deref()).ok_or_else(|| RuntimeError::Invalid {
+                name: spec.name.clone(),
+                reason: "without the agent, `user` must be numeric (`uid` or `uid:gid`)".into(),
+            })?;
+            (spec.process.argv.clone(), spec.process.env.clone(), spec.process.workdir.clone(), user)
+        }
+    };
+    let mut env: Vec<String> = env.into_iter().filter(|e| !e.starts_with("container=")).collect();
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    }
+    // systemd and other inits read `container` to know they run in one.
+    env.push("container=msb".into());
+
+    let capabilities: oci_spec::runtime::Capabilities = CAPABILITIES.into_iter().collect();
+    // As podman: 1M open files, but never above msb's own hard limit (raising it needs
+    // CAP_SYS_RESOURCE, which a confined root may lack).
+    let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum.unwrap_or(u64::MAX).min(1_048_576);
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .user(UserBuilder::default().uid(uid).gid(gid).build().map_err(invalid)?)
+        .args(args)
+        .env(env)
+        .cwd(cwd)
+        .capabilities(
+            LinuxCapabilitiesBuilder::default()
+                .bounding(capabilities.clone())
+                .effective(capabilities.clone())
+                .permitted(capabilities)
+                // The builder would fill these with oci-spec's defaults, CAP_AUDIT_WRITE among them,
+                // which is outside the bounding set: crun's capset then fails.
+                .inheritable(oci_spec::runtime::Capabilities::new())
+                .ambient(oci_spec::runtime::Capabilities::new())
+                .build()
+                .map_err(invalid)?,
+        )
+        .rlimits(vec![
+            PosixRlimitBuilder::default().typ(PosixRlimitType::RlimitNofile).soft(nofile).hard(nofile).build().map_err(invalid)?,
+        ])
+        .no_new_privileges(false)
+        .build()
+        .map_err(invalid)?;
+
+    let mut namespaces = vec![
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Mount,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Cgroup,
+    ];
+    if spec.network == Network::Private {
+        namespaces.push(LinuxNamespaceType::Network);
+    }
+    let namespaces = namespaces
+        .into_iter()
+        .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(invalid)?;
+
+    let mut skipped = Vec::new();
+    let mut resources = LinuxResourcesBuilder::default().devices(vec![
+        LinuxDeviceCgroupBuilder::default().allow(false).access("rwm").build().map_err(invalid)?,
+    ]);
+    if let Some(cpus) = spec.cpus {
+        if layout.can_limit(Controller::Cpu) {
+            let cpu = LinuxCpuBuilder::default().quota(i64::from(cpus) * CPU_PERIOD as i64).period(CPU_PERIOD).build();
+            resources = resources.cpu(cpu.map_err(invalid)?);
+        } else {
+            skipped.push(Controller::Cpu);
+        }
+    }
+    if let Some(memory) = spec.memory {
+        if layout.can_limit(Controller::Memory) {
+            let limit = i64::try_from(memory).unwrap_or(i64::MAX);
+            resources = resources.memory(LinuxMemoryBuilder::default().limit(limit).build().map_err(invalid)?);
+        } else {
+            skipped.push(Controller::Memory);
+        }
+    }
+    let linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .resources(resources.build().map_err(invalid)?)
+        .cgroups_path(PathBuf::from(format!("/{}", dir.container_id())))
+        .masked_paths(get_default_maskedpaths())
+        .readonly_paths(get_default_readonly_paths())
+        .build()
+        .map_err(invalid)?;
+
+    let config = SpecBuilder::default()
+        .version("1.0.2")
+        .hostname(spec.name.clone())
+        .root(RootBuilder::default().path(dir.rootfs()).readonly(false).build().map_err(invalid)?)
+        .process(process)
+        .mounts(mounts(dir, spec).map_err(invalid)?)
+        .linux(linux)
+        .build()
+        .map_err(invalid)?;
+    Ok((config, skipped))
+}
+
+/// `uid` or `uid:gid` (gid defaults to uid); none is root.
+fn numeric_user(user: Option<&str>) -> Option<(u32, u32)> {
+    let Some(user) = user else { return Some((0, 0)) };
+    let (uid, gid) = user.split_once(':').unwrap_or((user, user));
+    Some((uid.parse().ok()?, gid.parse().ok()?))
+}
+
+fn mounts(dir: &SandboxDir, spec: &SandboxSpec) -> Result<Vec<Mount>, oci_spec::OciSpecError> {
+    let mount = |destination: &str, typ: &str, source: &Path, options: &[&str]| {
+        MountBuilder::default()
+            .destination(destination)
+            .typ(typ)
+            .source(source)
+            .options(options.iter().map(|o| (*o).to_owned()).collect::<Vec<_>>())
+            .build()
+    };
+    let fs = |destination: &str, typ: &str, options: &[&str]| mount(destination, typ, Path::new(typ), options);
+    let mut mounts = vec![
+        fs("/proc", "proc", &["nosuid", "noexec", "nodev"])?,
+        fs("/dev", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"])?,
+        fs("/dev/pts", "devpts", &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"])?,
+        mount("/dev/shm", "tmpfs", Path::new("shm"), &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"])?,
+        fs("/dev/mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?,
+        fs("/sys", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?,
+        // Read-write: systemd creates its own cgroups (confined by the cgroup namespace).
+        fs("/sys/fs/cgroup", "cgroup", &["nosuid", "noexec", "nodev", "relatime", "rw"])?,
+        fs("/run", "tmpfs", &["nosuid", "nodev", "mode=755"])?,
+        fs("/run/lock", "tmpfs", &["nosuid", "nodev", "noexec", "mode=1777", "size=5m"])?,
+        fs("/tmp", "tmpfs", &["nosuid", "nodev", "mode=1777"])?,
+    ];
+    if let Pid1::Agent { binary } = &spec.pid1 {
+        mounts.push(mount(GUEST_AGENT, "bind", binary, &["bind", "ro", "nosuid", "nodev"])?);
+    }
+    mounts.push(mount(GUEST_SCRIPTS, "bind", &dir.scripts(), &["bind", "ro", "nosuid", "nodev"])?);
+    mounts.push(mount(GUEST_CONFIG, "bind", &dir.guest_config(), &["bind", "ro", "nosuid", "nodev", "noexec"])?);
+    mounts.push(mount(GUEST_RUN, "bind", &dir.run_dir(), &["bind", "rw", "nosuid", "nodev", "noexec"])?);
+    Ok(mounts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Init;
+    use crate::runtime::ProcessSpec;
+
+    fn spec(pid1: Pid1) -> SandboxSpec {
+        SandboxSpec {
+            name: "worker".into(),
+            lowers: vec!["/layers/b".into(), "/layers/a".into()],
+            process: ProcessSpec { argv: vec!["/bin/echo".into(), "hi".into()], env: vec!["A=1".into(), "container=docker".into()], workdir: "/app".into(), user: Some("1000:100".into()) },
+            init: Init::Agent,
+            pid1,
+            scripts: vec![],
+            cpus: Some(2),
+            memory: Some(512 << 20),
+            network: Network::Private,
+        }
+    }
+
+    fn hybrid() -> CgroupLayout {
+        CgroupLayout::Hybrid { v1_controllers: vec!["cpu".into(), "memory".into()], v2_mount: "/sys/fs/cgroup/unified".into(), v2_controllers: vec!["hugetlb".into()] }
+    }
+
+    #[test]
+    fn bundle_runs_the_agent_as_pid_1_in_its_own_namespaces() {
+        let dir = SandboxDir::new(Path::new("/home/v1"), "worker");
+        let (config, skipped) = bundle_config(&dir, &spec(Pid1::Agent { binary: "/opt/msb-agent".into() }), &hybrid()).expect("config");
+        assert!(skipped.is_empty());
+        let json = serde_json::to_value(&config).expect("json");
+        assert_eq!(json["process"]["args"], serde_json::json!(["/.msb/agent"]));
+        assert_eq!(json["process"]["user"], serde_json::json!({"uid": 0, "gid": 0}));
+        assert_eq!(json["hostname"], "worker");
+        assert_eq!(json["root"]["path"], "/home/v1/sandboxes/worker/rootfs");
+        let env: Vec<&str> = json["process"]["env"].as_array().expect("env").iter().filter_map(|v| v.as_str()).collect();
+        assert!(env.contains(&"container=msb") && env.iter().any(|e| e.starts_with("PATH=")), "{env:?}");
+        let namespaces: Vec<&str> = json["linux"]["namespaces"].as_array().expect("ns").iter().filter_map(|n| n["type"].as_str()).collect();
+        assert_eq!(namespaces, ["pid", "mount", "ipc", "uts", "cgroup", "network"]);
+        let mut caps: Vec<&str> = json["process"]["capabilities"]["bounding"].as_array().expect("caps").iter().filter_map(|c| c.as_str()).collect();
+        caps.sort();
+        assert_eq!(caps, ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_NET_BIND_SERVICE", "CAP_SETFCAP", "CAP_SETGID", "CAP_SETPCAP", "CAP_SETUID", "CAP_SYS_CHROOT"]);
+        assert_eq!(json["process"]["capabilities"]["ambient"], serde_json::json!([]));
+        assert_eq!(json["process"]["capabilities"]["inheritable"], serde_json::json!([]));
+        assert_eq!(json["process"]["rlimits"][0]["type"], "RLIMIT_NOFILE");
+        assert_eq!(json["linux"]["cgroupsPath"], format!("/{}", dir.container_id()));
+    }
+
+    #[test]
+    fn bundle_mounts_what_an_init_needs_and_msb_files() {
+        let dir = SandboxDir::new(Path::new("/home/v1"), "worker");
+        let (config, _) = bundle_config(&dir, &spec(Pid1::Agent { binary: "/opt/msb-agent".into() }), &hybrid()).expect("config");
+        let mounts = config.mounts().as_ref().expect("mounts");
+        let find = |dest: &str| mounts.iter().find(|m| m.destination() == Path::new(dest)).unwrap_or_else(|| panic!("no mount at {dest}"));
+        let options = |dest: &str| find(dest).options().clone().unwrap_or_default();
+        for (dest, typ) in [("/proc", "proc"), ("/dev", "tmpfs"), ("/dev/pts", "devpts"), ("/dev/shm", "tmpfs"), ("/dev/mqueue", "mqueue"), ("/sys", "sysfs"), ("/sys/fs/cgroup", "cgroup"), ("/run", "tmpfs"), ("/run/lock", "tmpfs"), ("/tmp", "tmpfs")] {
+            assert_eq!(find(dest).typ().as_deref(), Some(typ), "{dest}");
+        }
+        assert!(options("/sys").contains(&"ro".to_owned()));
+        assert!(options("/sys/fs/cgroup").contains(&"rw".to_owned()), "systemd needs a writable cgroup mount");
+        assert_eq!(find("/.msb/agent").source().as_deref(), Some(Path::new("/opt/msb-agent")));
+        assert!(options("/.msb/agent").contains(&"ro".to_owned()) && !options("/.msb/agent").contains(&"noexec".to_owned()));
+        assert_eq!(find("/.msb/scripts").source().as_deref(), Some(dir.scripts().as_path()));
+        assert!(options("/.msb/scripts").contains(&"ro".to_owned()));
+        assert_eq!(find("/.msb/config.json").source().as_deref(), Some(dir.guest_config().as_path()));
+        assert_eq!(find("/.msb/run").source().as_deref(), Some(dir.run_dir().as_path()));
+        assert!(options("/.msb/run").contains(&"rw".to_owned()));
+    }
+
+    #[test]
+    fn bundle_limits_follow_the_cgroup_layout() {
+        let dir = SandboxDir::new(Path::new("/home/v1"), "worker");
+        let (config, skipped) = bundle_config(&dir, &spec(Pid1::Command), &hybrid()).expect("config");
+        assert!(skipped.is_empty());
+        let json = serde_json::to_value(&config).expect("json");
+        assert_eq!(json["linux"]["resources"]["cpu"], serde_json::json!({"quota": 200000, "period": 100000}));
+        assert_eq!(json["linux"]["resources"]["memory"]["limit"], 512 << 20);
+
+        let (config, skipped) = bundle_config(&dir, &spec(Pid1::Command), &CgroupLayout::None).expect("config");
+        assert_eq!(skipped, [Controller::Cpu, Controller::Memory]);
+        let json = serde_json::to_value(&config).expect("json");
+        assert!(json["linux"]["resources"].get("cpu").is_none() && json["linux"]["resources"].get("memory").is_none());
+    }
+
+    #[test]
+    fn bundle_without_the_agent_runs_the_command_itself() {
+        let dir = SandboxDir::new(Path::new("/home/v1"), "worker");
+        let mut sandbox = spec(Pid1::Command);
+        sandbox.network = Network::Host;
+        let (config, _) = bundle_config(&dir, &sandbox, &hybrid()).expect("config");
+        let json = serde_json::to_value(&config).expect("json");
+        assert_eq!(json["process"]["args"], serde_json::json!(["/bin/echo", "hi"]));
+        assert_eq!(json["process"]["cwd"], "/app");
+        assert_eq!(json["process"]["user"], serde_json::json!({"uid": 1000, "gid": 100}));
+        let env = json["process"]["env"].as_array().expect("env");
+        assert!(env.contains(&"container=msb".into()) && !env.contains(&"container=docker".into()));
+        let namespaces: Vec<&str> = json["linux"]["namespaces"].as_array().expect("ns").iter().filter_map(|n| n["type"].as_str()).collect();
+        assert!(!namespaces.contains(&"network"), "network = host shares the host's");
+        assert!(config.mounts().as_ref().expect("mounts").iter().all(|m| m.destination() != Path::new("/.msb/agent")));
+
+        sandbox.process.user = Some("app".into());
+        let err = bundle_config(&dir, &sandbox, &hybrid()).unwrap_err();
+        assert!(err.to_string().contains("must be numeric"), "{err}");
+    }
+}

@@ -1,0 +1,261 @@
+//! A sandbox's folder under `<MSB_HOME>/v1/sandboxes/<name>/` and its `state.json`.
+//!
+//! ```text
+//! sandboxes/<name>/state.json      what runs: backend, pids (with start times), mode, stop signal
+//!                  lock            held while starting, stopping or cleaning up
+//!                  supervisor.lock held for its whole life by a foreground msb: free = msb died
+//!                  console.log     the guest's stdout and stderr (this boot)
+//!                  runtime.log     crun's (or runc's) own messages
+//!                  run/            bind-mounted at /.msb/run: the agent's socket
+//!                  upper/ work/    the sandbox's own overlay layer, kept until `rm`
+//!                  rootfs/         mount point of the rootfs view (mounted only in crun's namespace)
+//!                  scripts/        bind-mounted at /.msb/scripts
+//!                  guest.json      bind-mounted at /.msb/config.json (the agent's configuration)
+//!                  bundle/         the OCI bundle's config.json
+//!                  lowers.json     the lowers `upper/` was written against
+//! ```
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use super::RuntimeError;
+use super::sys::ProcessRef;
+
+/// The paths of one sandbox's folder. Holds nothing open.
+#[derive(Debug, Clone)]
+pub struct SandboxDir {
+    root: PathBuf,
+    name: String,
+}
+
+impl SandboxDir {
+    /// The folder of sandbox `name` under `msb_root` (the store's versioned folder,
+    /// `Store::root()`, i.e. `<MSB_HOME>/v1`).
+    pub fn new(msb_root: &Path, name: &str) -> SandboxDir {
+        SandboxDir { root: msb_root.join("sandboxes").join(name), name: name.to_owned() }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+    pub fn state_file(&self) -> PathBuf {
+        self.root.join("state.json")
+    }
+    pub fn log(&self) -> PathBuf {
+        self.root.join("console.log")
+    }
+    pub fn runtime_log(&self) -> PathBuf {
+        self.root.join("runtime.log")
+    }
+    pub fn run_dir(&self) -> PathBuf {
+        self.root.join("run")
+    }
+    /// The host side of the agent's socket (`/.msb/run/agent.sock` in the guest).
+    pub fn agent_socket(&self) -> PathBuf {
+        self.run_dir().join(super::AGENT_SOCKET_NAME)
+    }
+    pub fn upper(&self) -> PathBuf {
+        self.root.join("upper")
+    }
+    pub fn work(&self) -> PathBuf {
+        self.root.join("work")
+    }
+    pub fn rootfs(&self) -> PathBuf {
+        self.root.join("rootfs")
+    }
+    pub fn scripts(&self) -> PathBuf {
+        self.root.join("scripts")
+    }
+    pub fn guest_config(&self) -> PathBuf {
+        self.root.join("guest.json")
+    }
+    pub fn bundle(&self) -> PathBuf {
+        self.root.join("bundle")
+    }
+    pub fn pid_file(&self) -> PathBuf {
+        self.root.join("init.pid")
+    }
+    pub(crate) fn lock_file(&self) -> PathBuf {
+        self.root.join("lock")
+    }
+    pub(crate) fn supervisor_lock_file(&self) -> PathBuf {
+        self.root.join("supervisor.lock")
+    }
+    pub(crate) fn lowers_file(&self) -> PathBuf {
+        self.root.join("lowers.json")
+    }
+
+    /// The OCI container id: the name plus a hash of this folder, so two `MSB_HOME`s running a
+    /// sandbox of the same name never share a container id or a cgroup.
+    pub fn container_id(&self) -> String {
+        let hash = Sha256::digest(self.root.as_os_str().as_encoded_bytes());
+        format!("msb-{}-{}", self.name, hex::encode(&hash[..4]))
+    }
+
+    /// Reads `state.json`; `None` when the sandbox has never started or was cleaned up.
+    pub fn read_state(&self) -> Result<Option<State>, RuntimeError> {
+        let path = self.state_file();
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|err| RuntimeError::Damaged { name: self.name.clone(), path, reason: err.to_string() }),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(cause) => Err(RuntimeError::Io { op: "read", path, cause }),
+        }
+    }
+
+    /// Replaces `state.json` atomically (write, then rename), so a reader never sees half a file.
+    pub fn write_state(&self, state: &State) -> Result<(), RuntimeError> {
+        let path = self.state_file();
+        let tmp = self.root.join("state.json.tmp");
+        let bytes = serde_json::to_vec_pretty(state).map_err(|err| RuntimeError::Io {
+            op: "encode",
+            path: path.clone(),
+            cause: io::Error::other(err),
+        })?;
+        fs::write(&tmp, bytes).map_err(RuntimeError::io("write", &tmp))?;
+        fs::rename(&tmp, &path).map_err(RuntimeError::io("replace", &path))
+    }
+}
+
+/// Which backend runs a sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    Oci,
+    Krun,
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BackendKind::Oci => "oci",
+            BackendKind::Krun => "krun",
+        })
+    }
+}
+
+/// How PID 1 is asked to stop before it is killed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StopSignal {
+    /// SIGTERM: the agent, and inits without a poweroff signal of their own.
+    Term,
+    /// SIGRTMIN+4: systemd's poweroff.
+    SystemdPoweroff,
+    /// SIGUSR2: busybox init's poweroff.
+    BusyboxPoweroff,
+}
+
+impl StopSignal {
+    /// The signal as `kill(1)`, crun and runc take it: glibc's SIGRTMIN is 34, so SIGRTMIN+4 is 38.
+    pub fn number(self) -> i32 {
+        match self {
+            StopSignal::Term => 15,
+            StopSignal::SystemdPoweroff => 38,
+            StopSignal::BusyboxPoweroff => 12,
+        }
+    }
+}
+
+/// What `state.json` records about a started sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    pub name: String,
+    pub backend: BackendKind,
+    /// The OCI runtime binary (crun or runc); none for krun.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oci_runtime: Option<PathBuf>,
+    pub container_id: String,
+    /// Seconds since the Unix epoch.
+    pub started_at: u64,
+    /// Started with `-d`: nobody supervises it, it runs until stopped.
+    pub detached: bool,
+    /// The sandbox's PID 1, as the host sees it (none until the runtime reports it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<ProcessRef>,
+    /// The foreground `crun run`, or the krun VMM process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_process: Option<ProcessRef>,
+    /// The msb process that supervises a foreground sandbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supervisor: Option<ProcessRef>,
+    pub stop_signal: StopSignal,
+    /// Set once it has stopped, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub stopped: bool,
+}
+
+/// What a sandbox is doing now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    /// Never started, or removed.
+    Absent,
+    /// Another msb holds its lock: it is starting or stopping.
+    Busy,
+    Running { init: Option<ProcessRef>, backend: BackendKind },
+    /// Stopped cleanly; `exit_code` when known.
+    Exited { exit_code: Option<i32> },
+    /// Its processes or its supervising msb are gone but its state was not cleaned up: what a
+    /// killed msb leaves. The next command cleans it.
+    Stale { reason: String },
+}
+
+/// Removes every entry of `dir` (the folder stays); a missing folder is created.
+pub(crate) fn empty_dir(dir: &Path) -> Result<(), RuntimeError> {
+    match fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+        Err(cause) => return Err(RuntimeError::Io { op: "remove", path: dir.to_owned(), cause }),
+    }
+    fs::create_dir_all(dir).map_err(RuntimeError::io("create", dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips_and_refuses_unknown_keys() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sandbox = SandboxDir::new(dir.path(), "worker");
+        fs::create_dir_all(sandbox.path()).expect("mkdir");
+        assert_eq!(sandbox.read_state().expect("read"), None);
+        let state = State {
+            name: "worker".into(),
+            backend: BackendKind::Oci,
+            oci_runtime: Some("crun".into()),
+            container_id: sandbox.container_id(),
+            started_at: 1,
+            detached: true,
+            init: Some(ProcessRef { pid: 42, start_time: 7 }),
+            runtime_process: None,
+            supervisor: None,
+            stop_signal: StopSignal::SystemdPoweroff,
+            exit_code: None,
+            stopped: false,
+        };
+        sandbox.write_state(&state).expect("write");
+        assert_eq!(sandbox.read_state().expect("read"), Some(state));
+        fs::write(sandbox.state_file(), r#"{"name":"worker","surprise":1}"#).expect("write");
+        assert!(matches!(sandbox.read_state(), Err(RuntimeError::Damaged { .. })));
+    }
+
+    #[test]
+    fn container_ids_differ_between_homes() {
+        let a = SandboxDir::new(Path::new("/a/v1"), "worker").container_id();
+        let b = SandboxDir::new(Path::new("/b/v1"), "worker").container_id();
+        assert!(a.starts_with("msb-worker-") && a.len() == "msb-worker-".len() + 8, "{a}");
+        assert_ne!(a, b);
+    }
+}
