@@ -19,6 +19,9 @@ pub enum Error {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Project(#[from] crate::project::ProjectError),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Publish(#[from] crate::publish::PublishError),
 }
 
 impl Error {

@@ -11,6 +11,7 @@ pub mod error;
 pub mod manifest;
 pub mod plan;
 pub mod project;
+pub mod publish;
 pub mod reference;
 pub mod runtime;
 pub mod store;

@@ -4,5 +4,6 @@ mod agent;
 mod build;
 mod cache;
 mod images;
+mod publish;
 mod test;
 mod validate;

@@ -30,10 +30,12 @@ pub struct BuildArgs {
     /// When to contact the image's registry.
     #[arg(long, value_enum, default_value_t)]
     pub pull: PullPolicy,
+    #[command(flatten)]
+    pub publish: super::publish::PushArgs,
 }
 
 #[derive(Debug, Args)]
-pub struct ExportArgs {
+pub(super) struct ExportArgs {
     #[command(flatten)]
     pub project: ProjectArgs,
     /// The sandbox whose root to export.
@@ -59,6 +61,7 @@ pub(super) fn build(home: Option<PathBuf>, args: BuildArgs) -> Result<ExitCode, 
     let steps: usize = built.iter().map(|b| b.plan.steps.len()).sum();
     let rebuilt = built.iter().flat_map(|b| &b.plan.steps).filter(|s| s.reason.is_some()).count();
     eprintln!("built {} sandbox(es): {rebuilt} of {steps} steps built, {} cached", built.len(), steps - rebuilt);
+    super::publish::push(&manifest, &store, &built, &args.publish)?;
     Ok(ExitCode::SUCCESS)
 }
 

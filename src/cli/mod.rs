@@ -11,6 +11,7 @@ macro_rules! out {
 mod build;
 mod cache;
 mod images;
+mod publish;
 mod validate;
 
 use std::path::PathBuf;
@@ -51,8 +52,9 @@ pub enum Command {
     Plan(build::PlanArgs),
     /// Pull the images and build every patch layer, without booting.
     Build(build::BuildArgs),
-    /// Write a sandbox's root, as its processes see it, to a folder or a `.tar` file.
-    Export(build::ExportArgs),
+    /// Write a sandbox's root, as its processes see it, to a folder or a `.tar` file; or, with
+    /// `k8s`, a Kubernetes manifest for its pushed image.
+    Export(publish::ExportCommand),
     /// Inspect, verify and clean the store of images and layers.
     Cache(cache::CacheArgs),
 }
@@ -135,7 +137,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Load(args) => images::load(cli.home, args),
         Command::Plan(args) => build::plan(cli.home, args),
         Command::Build(args) => build::build(cli.home, args),
-        Command::Export(args) => build::export(cli.home, args),
+        Command::Export(args) => publish::export(cli.home, args),
         Command::Cache(args) => cache::run(cli.home, args),
     }
 }

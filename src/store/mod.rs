@@ -25,6 +25,7 @@ pub mod patch;
 pub mod platform;
 mod progress;
 mod pull;
+mod push;
 pub mod record;
 mod registry;
 pub mod unpack;
@@ -44,6 +45,7 @@ use lock::Lock;
 pub use platform::Platform;
 pub use progress::ProgressMode;
 pub use pull::{PullOptions, PullPolicy};
+pub use push::{PushBlob, PushError, PushReport};
 pub use record::{ImageRecord, LayerRecord, RefRecord, RuntimeConfig};
 
 /// The store's format version, part of its path.

@@ -29,15 +29,21 @@ pub(super) const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 
 /// One registry repository, with a client set up for it (protocol, credentials).
 pub(super) struct Registry {
-    client: oci_client::Client,
-    reference: Reference,
-    auth: RegistryAuth,
+    pub(super) client: oci_client::Client,
+    pub(super) reference: Reference,
+    pub(super) auth: RegistryAuth,
     /// The image as the user named it, for messages.
-    image: String,
+    pub(super) image: String,
 }
 
 impl Registry {
     pub(super) async fn connect(reference: &Reference, image: &str) -> Result<Registry, PullError> {
+        Self::connect_for(reference, image, false).await
+    }
+
+    /// A client for pulls, or (`push`) for pushes: credentials asked for both scopes, and blobs
+    /// sent in one PUT each (msb knows every size beforehand).
+    pub(super) async fn connect_for(reference: &Reference, image: &str, push: bool) -> Result<Registry, PullError> {
         // oci-client is built without a crypto provider (ring builds in a fraction of aws-lc's
         // time); it must be installed before the first client. A second install is a no-op error.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -53,11 +59,12 @@ impl Registry {
             connect_timeout: Some(Duration::from_secs(15)),
             read_timeout: Some(Duration::from_secs(60)),
             user_agent: concat!("msb/", env!("CARGO_PKG_VERSION")),
+            use_monolithic_push: push,
             ..ClientConfig::default()
         };
         let insecure = matches!(config.protocol, ClientProtocol::HttpsExcept(_));
         let client = oci_client::Client::new(config);
-        let auth = auth::credentials(reference, insecure).await?;
+        let auth = auth::credentials(reference, insecure, push).await?;
         Ok(Registry { client, reference: reference.clone(), auth, image: image.to_owned() })
     }
 
@@ -242,7 +249,7 @@ where
 }
 
 /// An oci-client error as a sentence, flagged transient when trying again may help.
-fn registry_error(image: &str, registry: &str, err: OciDistributionError) -> PullError {
+pub(super) fn registry_error(image: &str, registry: &str, err: OciDistributionError) -> PullError {
     let (reason, transient) = match &err {
         OciDistributionError::RequestError(e) => (error_chain(e), e.is_connect() || e.is_timeout() || e.is_request() || e.is_body()),
         OciDistributionError::IoError(e) => (error_chain(e), true),
@@ -333,7 +340,7 @@ mod auth {
 
     use crate::store::error::PullError;
 
-    pub(super) async fn credentials(reference: &Reference, insecure: bool) -> Result<RegistryAuth, PullError> {
+    pub(super) async fn credentials(reference: &Reference, insecure: bool, push: bool) -> Result<RegistryAuth, PullError> {
         let registry = reference.resolve_registry().to_owned();
         let Some(path) = config_path() else { return Ok(RegistryAuth::Anonymous) };
         let file = match std::fs::File::open(&path) {
@@ -350,7 +357,7 @@ mod auth {
         };
         match credential {
             Ok(DockerCredential::UsernamePassword(user, password)) => Ok(RegistryAuth::Basic(user, password)),
-            Ok(DockerCredential::IdentityToken(token)) => exchange(reference, &token, insecure).await,
+            Ok(DockerCredential::IdentityToken(token)) => exchange(reference, &token, insecure, push).await,
             Err(CredentialRetrievalError::NoCredentialConfigured) => Ok(RegistryAuth::Anonymous),
             Err(CredentialRetrievalError::HelperFailure { stdout, .. }) if stdout.contains("credentials not found") => {
                 Ok(RegistryAuth::Anonymous)
@@ -377,7 +384,7 @@ mod auth {
 
     /// An identity token is an OAuth2 refresh token: it is exchanged at the registry's token
     /// endpoint (named by the `/v2/` challenge) for an access token, as Docker does.
-    async fn exchange(reference: &Reference, refresh_token: &str, insecure: bool) -> Result<RegistryAuth, PullError> {
+    async fn exchange(reference: &Reference, refresh_token: &str, insecure: bool, push: bool) -> Result<RegistryAuth, PullError> {
         let registry = reference.resolve_registry().to_owned();
         let error = |reason: String| PullError::Credentials { registry: registry.clone(), reason };
         let scheme = if insecure { "http" } else { "https" };
@@ -398,7 +405,8 @@ mod auth {
         };
         let realm = params.iter().find(|(k, _)| k == "realm").map(|(_, v)| v.clone()).unwrap_or_default();
         let service = params.iter().find(|(k, _)| k == "service").map(|(_, v)| v.clone()).unwrap_or_default();
-        let scope = format!("repository:{}:pull", reference.repository());
+        let actions = if push { "pull,push" } else { "pull" };
+        let scope = format!("repository:{}:{actions}", reference.repository());
         let form = [
             ("grant_type", "refresh_token"),
             ("refresh_token", refresh_token),
