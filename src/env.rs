@@ -5,6 +5,10 @@ pub const MSB_HOME: &str = "MSB_HOME";
 /// Registries (`host` or `host:port`, comma-separated) that msb may reach over plain HTTP, besides
 /// loopback addresses.
 pub const MSB_INSECURE_REGISTRIES: &str = "MSB_INSECURE_REGISTRIES";
+/// Set (to a `vm.json` path) in the environment of the msb child that becomes a krun VMM.
+pub const MSB_KRUN_VMM: &str = "MSB_KRUN_VMM";
+/// The agent binary bound at `/.msb/agent` [default: `msb-agent` beside `msb`].
+pub const MSB_AGENT: &str = "MSB_AGENT";
 /// The XDG cache folder; the store defaults to `$XDG_CACHE_HOME/msb`.
 pub const XDG_CACHE_HOME: &str = "XDG_CACHE_HOME";
 /// The user's home folder, for `~/.cache/msb` and `~/.docker/config.json`.

@@ -22,6 +22,15 @@ pub enum Error {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Publish(#[from] crate::publish::PublishError),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
+}
+
+impl From<crate::runtime::RuntimeError> for Error {
+    fn from(err: crate::runtime::RuntimeError) -> Error {
+        Error::Sandbox(err.into())
+    }
 }
 
 impl Error {
@@ -29,6 +38,8 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Manifest(ManifestError::Invalid(_) | ManifestError::NotFound { .. }) => 2,
+            // `msb exec` of a command that could not run: the shell's 126/127, else 125.
+            Error::Sandbox(err) => err.exec_exit_code().and_then(|code| u8::try_from(code).ok()).unwrap_or(1),
             _ => 1,
         }
     }

@@ -14,6 +14,7 @@ pub mod project;
 pub mod publish;
 pub mod reference;
 pub mod runtime;
+pub mod sandbox;
 pub mod store;
 pub mod sys;
 pub mod watch;

@@ -240,53 +240,49 @@ pub fn export(lowers: &[PathBuf], dest: &Path) -> Result<(), ProjectError> {
     produced.map_err(fail)
 }
 
-/// Writes a sandbox's scripts into `dest` as `NAME` files, mode 0755, adding `#!/bin/sh` to bodies
-/// without a shebang. The runtime mounts `dest` at `/.msb/scripts`; scripts never enter a layer,
-/// so changing one never rebuilds anything.
-pub fn write_scripts(manifest: &Manifest, config: &SandboxConfig, dest: &Path) -> io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    fs::create_dir_all(dest)?;
-    for (name, script) in &config.scripts {
-        let body = match script {
-            crate::manifest::Script::Inline(body) => body.clone().into_bytes(),
-            crate::manifest::Script::File(file) => {
-                let written = file.file.to_string_lossy();
-                let path = resolve_host_path(&manifest.dir, &written, HostKind::File)
-                    .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err.message))?;
-                fs::read(path)?
+/// A sandbox's scripts as the guest sees them at `/.msb/scripts/NAME`: name and body, `#!/bin/sh`
+/// added to bodies without a shebang. The runtime mounts them; scripts never enter a layer, so
+/// changing one never rebuilds anything.
+pub fn scripts(manifest: &Manifest, config: &SandboxConfig) -> io::Result<Vec<(String, Vec<u8>)>> {
+    config
+        .scripts
+        .iter()
+        .map(|(name, script)| {
+            let body = match script {
+                crate::manifest::Script::Inline(body) => body.clone().into_bytes(),
+                crate::manifest::Script::File(file) => {
+                    let written = file.file.to_string_lossy();
+                    let path = resolve_host_path(&manifest.dir, &written, HostKind::File)
+                        .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err.message))?;
+                    fs::read(&path).map_err(|err| io::Error::new(err.kind(), format!("script `{name}` (`{}`): {err}", path.display())))?
+                }
+            };
+            let mut content = Vec::with_capacity(body.len() + 10);
+            if !body.starts_with(b"#!") {
+                content.extend_from_slice(b"#!/bin/sh\n");
             }
-        };
-        let mut content = Vec::with_capacity(body.len() + 10);
-        if !body.starts_with(b"#!") {
-            content.extend_from_slice(b"#!/bin/sh\n");
-        }
-        content.extend_from_slice(&body);
-        let path = dest.join(name.as_str());
-        fs::write(&path, content)?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
-    }
-    Ok(())
+            content.extend_from_slice(&body);
+            Ok((name.as_str().to_owned(), content))
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
     #[test]
-    fn scripts_get_a_shebang_when_they_lack_one_and_are_executable() {
+    fn scripts_get_a_shebang_when_they_lack_one() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("serve.sh"), "#!/usr/bin/env python3\nprint(1)\n").unwrap();
         let text = "[sandbox.w]\nimage = \"alpine\"\n[sandbox.w.scripts]\nhi = \"echo hi\"\nserve = { file = \"serve.sh\" }\n";
         fs::write(dir.path().join("Sandboxfile"), text).unwrap();
         let manifest = crate::manifest::load(&dir.path().join("Sandboxfile")).unwrap();
         let config = manifest.file.sandbox.values().next().unwrap();
-        let dest = dir.path().join("scripts");
-        write_scripts(&manifest, config, &dest).unwrap();
-        assert_eq!(fs::read_to_string(dest.join("hi")).unwrap(), "#!/bin/sh\necho hi");
-        assert_eq!(fs::read_to_string(dest.join("serve")).unwrap(), "#!/usr/bin/env python3\nprint(1)\n");
-        for name in ["hi", "serve"] {
-            assert_eq!(fs::metadata(dest.join(name)).unwrap().permissions().mode() & 0o7777, 0o755);
-        }
+        let scripts = scripts(&manifest, config).unwrap();
+        assert_eq!(
+            scripts,
+            [("hi".to_owned(), b"#!/bin/sh\necho hi".to_vec()), ("serve".to_owned(), b"#!/usr/bin/env python3\nprint(1)\n".to_vec())]
+        );
     }
 }

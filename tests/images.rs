@@ -17,20 +17,9 @@ use msb::store::{Digest, ImageRecord, Store};
 use sha2::{Digest as _, Sha256};
 use tempfile::TempDir;
 
-use crate::test::{msb, repo};
+use crate::test::{fixtures, msb, repo};
 
 const REGISTRY: &str = "127.0.0.1:5000/msb-test";
-
-/// Starts the registry and builds the fixture images once per test run (idempotent scripts).
-fn fixtures() -> &'static Path {
-    static FIXTURES: OnceLock<PathBuf> = OnceLock::new();
-    FIXTURES.get_or_init(|| {
-        let script = repo().join("tests/fixtures/images.sh");
-        let status = Command::new("bash").arg(&script).status().expect("run tests/fixtures/images.sh");
-        assert!(status.success(), "tests/fixtures/images.sh failed");
-        PathBuf::from(std::env::var("MSB_TEST_FIXTURES").unwrap_or_else(|_| "/tmp/msb-fixtures".into()))
-    })
-}
 
 /// A fresh store folder and `msb` commands run against it.
 struct Home {

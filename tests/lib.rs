@@ -6,4 +6,5 @@ mod cache;
 mod images;
 mod publish;
 mod test;
+mod up;
 mod validate;

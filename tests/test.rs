@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 use tempfile::TempDir;
 
@@ -64,6 +65,20 @@ impl Test {
         self.output(command, self.dir.path())
     }
 
+    /// An `msb` command in the project folder with the test's environment, to spawn and drive
+    /// (a foreground `msb up` to interrupt, a shell under a terminal).
+    pub(crate) fn command<I: IntoIterator<Item = S>, S: AsRef<str>>(&self, args: I) -> Command {
+        let mut command = Command::new(msb());
+        command.args(args.into_iter().map(|a| a.as_ref().to_owned()));
+        command.envs(self.env.iter().map(|(k, v)| (k, v))).env_remove("RUST_LOG").current_dir(self.dir.path());
+        command
+    }
+
+    /// The test's `MSB_HOME`.
+    pub(crate) fn home(&self) -> PathBuf {
+        self.dir.path().join(".msb-home")
+    }
+
     /// Runs `msb` from a sub-folder of the project (which must exist).
     pub(crate) fn run_in(&self, cwd: &Path) -> Output {
         let mut command = Command::new(msb());
@@ -78,11 +93,16 @@ impl Test {
             .current_dir(cwd)
             .output()
             .expect("run msb");
-        Output {
-            code: output.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
+        output_of(output)
+    }
+}
+
+/// What a finished process printed and returned.
+pub(crate) fn output_of(output: std::process::Output) -> Output {
+    Output {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
 }
 
@@ -94,4 +114,16 @@ pub(crate) fn msb() -> PathBuf {
 /// The repository's root, where `Sandboxfile.example` and `schema/` live.
 pub(crate) fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Starts the registry and builds the fixture images once per test run (idempotent scripts);
+/// returns the folder of their local copies.
+pub(crate) fn fixtures() -> &'static Path {
+    static FIXTURES: OnceLock<PathBuf> = OnceLock::new();
+    FIXTURES.get_or_init(|| {
+        let script = repo().join("tests/fixtures/images.sh");
+        let status = Command::new("bash").arg(&script).status().expect("run tests/fixtures/images.sh");
+        assert!(status.success(), "tests/fixtures/images.sh failed");
+        PathBuf::from(std::env::var("MSB_TEST_FIXTURES").unwrap_or_else(|_| "/tmp/msb-fixtures".into()))
+    })
 }

@@ -18,10 +18,19 @@ pub mod terminal;
 mod user;
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub use client::{ClientError, Control, Session, exec, ping, wait_ready};
 pub use protocol::{AgentConfig, ExecRequest, Exit, InitMode, Listen, WindowSize};
+
+/// The agent binary msb binds at `/.msb/agent`: `$MSB_AGENT`, else `msb-agent` beside the
+/// running `msb`, where cargo builds (and `cargo install` puts) both.
+pub fn installed() -> PathBuf {
+    if let Some(path) = std::env::var_os(crate::env::MSB_AGENT) {
+        return PathBuf::from(path);
+    }
+    std::env::current_exe().map(|exe| exe.with_file_name("msb-agent")).unwrap_or_else(|_| PathBuf::from("msb-agent"))
+}
 
 /// Whether the ELF executable at `path` runs without a dynamic loader, as the agent must: it is
 /// dropped into roots whose libc (if any) is not the one it was built against.

@@ -60,10 +60,17 @@ pub(super) fn run(home: Option<PathBuf>, args: CacheArgs) -> Result<ExitCode, Er
             }
             out!("the store is intact");
         }
-        CacheCommand::Gc { days } => report(&cache::collect(&store, Some(Duration::from_secs(days * 86_400)))?),
-        CacheCommand::Prune => report(&cache::collect(&store, None)?),
+        CacheCommand::Gc { days } => collect(&store, Some(Duration::from_secs(days * 86_400)))?,
+        CacheCommand::Prune => collect(&store, None)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Layers that sandboxes (running or stopped, until `msb rm`) boot on are kept like named ones.
+fn collect(store: &Store, keep_for: Option<Duration>) -> Result<(), Error> {
+    let in_use = crate::runtime::Sandboxes::new(store.root()).layers_in_use()?;
+    report(&cache::collect(store, keep_for, &in_use)?);
+    Ok(())
 }
 
 fn row(entry: &Entry) -> String {

@@ -12,6 +12,8 @@ mod build;
 mod cache;
 mod images;
 mod publish;
+mod sandboxes;
+mod up;
 mod validate;
 
 use std::path::PathBuf;
@@ -57,6 +59,22 @@ pub enum Command {
     Export(publish::ExportCommand),
     /// Inspect, verify and clean the store of images and layers.
     Cache(cache::CacheArgs),
+    /// Build and boot the Sandboxfile's sandboxes; follow their output until Ctrl-C, or `-d`.
+    Up(up::UpArgs),
+    /// Boot one sandbox from an image and flags, without a Sandboxfile.
+    Run(up::RunArgs),
+    /// Run a command (or a script, by name) in a running sandbox.
+    Exec(sandboxes::ExecArgs),
+    /// Open an interactive shell in a running sandbox.
+    Shell(sandboxes::ShellArgs),
+    /// List the sandboxes and what they are doing.
+    Ls(sandboxes::LsArgs),
+    /// Stop sandboxes: their init's stop signal, then SIGKILL after a timeout.
+    Stop(sandboxes::StopArgs),
+    /// Remove stopped sandboxes and their own layers.
+    Rm(sandboxes::RmArgs),
+    /// Print a sandbox's output.
+    Logs(sandboxes::LogsArgs),
 }
 
 /// Which Sandboxfile a command works on.
@@ -139,5 +157,13 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Build(args) => build::build(cli.home, args),
         Command::Export(args) => publish::export(cli.home, args),
         Command::Cache(args) => cache::run(cli.home, args),
+        Command::Up(args) => up::up(cli.home, args),
+        Command::Run(args) => up::run(cli.home, args),
+        Command::Exec(args) => sandboxes::exec(cli.home, args),
+        Command::Shell(args) => sandboxes::shell(cli.home, args),
+        Command::Ls(args) => sandboxes::ls(cli.home, args),
+        Command::Stop(args) => sandboxes::stop(cli.home, args),
+        Command::Rm(args) => sandboxes::rm(cli.home, args),
+        Command::Logs(args) => sandboxes::logs(cli.home, args),
     }
 }

@@ -21,7 +21,7 @@ pub use check::{HostKind, resolve_host_path};
 pub use diagnostic::{Invalid, JsonProblem, Problem, Report, Stage, report};
 pub use model::{PATCH_OPS, Patch, SandboxConfig, Sandboxfile, Script, ScriptFile, Watch};
 pub use values::{
-    EnvName, GuestPath, ImageName, Init, LinkTarget, Memory, Mode, Runtime, SandboxName, ScriptName, ValueError,
+    EnvName, GuestPath, ImageName, Init, LinkTarget, Memory, Mode, Network, Runtime, SandboxName, ScriptName, ValueError,
 };
 
 /// The file name msb looks for.

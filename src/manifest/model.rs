@@ -11,7 +11,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::values::{
-    EnvName, GuestPath, ImageName, Init, LinkTarget, Memory, Mode, Runtime, SandboxName, ScriptName,
+    EnvName, GuestPath, ImageName, Init, LinkTarget, Memory, Mode, Network, Runtime, SandboxName, ScriptName,
 };
 
 /// A Sandboxfile: the sandboxes of a project, committed at the root of its repository.
@@ -80,6 +80,11 @@ pub struct SandboxConfig {
     /// Memory limit, with a unit: `512MiB`, `2GiB`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<Memory>,
+
+    /// `private` (the default: a network of its own with only loopback) or `host` (the host's
+    /// network, shared).
+    #[serde(default, skip_serializing_if = "Network::is_default")]
+    pub network: Network,
 
     /// Scripts, by name, mounted at `/.msb/scripts/NAME` (on `PATH`, callable by name). A string is
     /// the script's body (`#!/bin/sh` is added when it has no shebang); `{ file = "path" }` names a

@@ -465,6 +465,23 @@ impl Runtime {
     }
 }
 
+/// The sandbox's network.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// A network namespace of its own with only loopback: nothing reaches out, nothing reaches in.
+    #[default]
+    Private,
+    /// The host's network, shared (servers in the sandbox listen on the host's addresses).
+    Host,
+}
+
+impl Network {
+    pub(super) fn is_default(&self) -> bool {
+        *self == Network::Private
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

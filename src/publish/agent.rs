@@ -9,12 +9,7 @@
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-
-/// `msb-agent` next to the running `msb`, where cargo builds both.
-pub fn beside_msb() -> PathBuf {
-    std::env::current_exe().map(|exe| exe.with_file_name("msb-agent")).unwrap_or_else(|_| PathBuf::from("msb-agent"))
-}
+use std::path::Path;
 
 /// Why an agent binary cannot be baked in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +83,7 @@ impl Elf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     /// A minimal 64-bit ELF header with one program header of type `ptype`.
     fn elf(machine: u16, ptype: u32) -> Vec<u8> {

@@ -12,7 +12,7 @@
 
 use crate::manifest::{Init, SandboxConfig};
 use crate::runtime::view::{GUEST_AGENT, GUEST_RUN, GUEST_SCRIPTS};
-use crate::runtime::{AGENT_SOCKET_NAME, GuestConfig, Network, ProcessSpec, ResolvedInit, StopSignal};
+use crate::runtime::{AGENT_SOCKET_NAME, GuestConfig, ProcessSpec, ResolvedInit, StopSignal};
 use crate::store::RuntimeConfig;
 
 /// `PATH` when neither the image nor the Sandboxfile sets one (the OCI runtimes' default).
@@ -68,7 +68,7 @@ pub fn launch(
             hostname: name.to_owned(),
             // Every OCI runtime (runc, crun, Kata) mounts /proc, /sys and /dev itself.
             mount_filesystems: false,
-            network: Network::Private,
+            network: sandbox.network,
         };
         return Ok(Launch {
             entrypoint: Some(vec![GUEST_AGENT.to_owned()]),

@@ -142,7 +142,7 @@ pub fn assemble(manifest: &Manifest, store: &Store, built: &Built, agent: &Agent
     let agent_binary = match agent {
         Agent::Without => None,
         Agent::Path(path) => Some(checked_agent(path, &built.image.platform.architecture)?),
-        Agent::BesideMsb => Some(checked_agent(&agent::beside_msb(), &built.image.platform.architecture)?),
+        Agent::BesideMsb => Some(checked_agent(&crate::agent::installed(), &built.image.platform.architecture)?),
     };
     let init = if launch::needs_root(&config.init) {
         let argv = ProcessSpec::merge(&built.image.config, config).argv;
@@ -276,10 +276,8 @@ fn msb_layer(
     launch: &launch::Launch,
     agent: Option<&Path>,
 ) -> Result<Vec<MemoryEntry>, PublishError> {
-    let scripts = tempfile::tempdir().map_err(PublishError::io("create", std::env::temp_dir()))?;
-    project::write_scripts(manifest, config, scripts.path()).map_err(PublishError::io("write the scripts into", scripts.path()))?;
-    let mut names: Vec<String> = config.scripts.keys().map(|k| k.as_str().to_owned()).collect();
-    names.sort();
+    let mut scripts = project::scripts(manifest, config).map_err(PublishError::io("read the scripts of", &manifest.path))?;
+    scripts.sort();
     let mut entries = vec![MemoryEntry::Dir { path: ".msb".into(), mode: 0o755 }];
     if let (Some(agent), Some(guest)) = (agent, &launch.guest) {
         let content = fs::read(agent).map_err(PublishError::io("read", agent))?;
@@ -290,9 +288,7 @@ fn msb_layer(
         entries.push(MemoryEntry::Dir { path: ".msb/run".into(), mode: 0o755 });
     }
     entries.push(MemoryEntry::Dir { path: ".msb/scripts".into(), mode: 0o755 });
-    for name in names {
-        let path = scripts.path().join(&name);
-        let content = fs::read(&path).map_err(PublishError::io("read", &path))?;
+    for (name, content) in scripts {
         entries.push(MemoryEntry::File { path: format!(".msb/scripts/{name}"), mode: 0o755, content });
     }
     Ok(entries)

@@ -130,7 +130,7 @@ fn foreground_streams_output_and_propagates_the_exit_code() {
     let spec = home.spec("fg", "echo hi; echo $GREETING from $(hostname) >&2; exit 3");
     let running = home.sandboxes().start(&spec, &StartOptions::default()).expect("start");
     let mut out = Vec::new();
-    let code = running.wait(Some(&mut out)).expect("wait");
+    let code = running.wait(Some(&mut out), &format!("{} | ", spec.name)).expect("wait");
     let text = String::from_utf8_lossy(&out);
     assert_eq!(code, Some(3), "{text}");
     assert!(text.contains("fg | hi\n") && text.contains("fg | hi from fg\n"), "{text}");
@@ -151,7 +151,7 @@ fn the_guest_sees_the_view_msb_files_and_limits() {
     spec.cpus = Some(1);
     let running = home.sandboxes().start(&spec, &StartOptions::default()).expect("start");
     let mut out = Vec::new();
-    assert_eq!(running.wait(Some(&mut out)).expect("wait"), Some(0));
+    assert_eq!(running.wait(Some(&mut out), &format!("{} | ", spec.name)).expect("wait"), Some(0));
     let text = String::from_utf8_lossy(&out);
     assert!(text.contains("view | from the image\n"), "{text}");
     assert!(text.contains("view | hello from a script\n"), "{text}");
@@ -175,7 +175,7 @@ fn detached_runs_until_stopped_and_stop_leaves_nothing() {
     let options = StartOptions { detach: true, ..StartOptions::default() };
     let running = sandboxes.start(&spec, &options).expect("start");
     let init = running.state().init.expect("a PID 1");
-    assert_eq!(running.wait(None).expect("wait"), None, "detached: nothing to wait for");
+    assert_eq!(running.wait(None, "").expect("wait"), None, "detached: nothing to wait for");
     assert!(matches!(sandboxes.status("bg").expect("status"), Status::Running { .. }));
     assert!(matches!(sandboxes.start(&spec, &options), Err(RuntimeError::AlreadyRunning { .. })));
     wait_until("its output", Duration::from_secs(5), || {
@@ -204,7 +204,7 @@ fn the_network_is_private_unless_host_is_asked_for() {
         spec.network = network;
         let running = home.sandboxes().start(&spec, &StartOptions::default()).expect("start");
         let mut out = Vec::new();
-        assert_eq!(running.wait(Some(&mut out)).expect("wait"), Some(0));
+        assert_eq!(running.wait(Some(&mut out), &format!("{} | ", spec.name)).expect("wait"), Some(0));
         let text = String::from_utf8_lossy(&out);
         let links = text.lines().count();
         match network {
@@ -258,7 +258,7 @@ fn runc_runs_the_same_bundle() {
     let options = StartOptions { oci_runtime: OciRuntime::runc(), ..StartOptions::default() };
     let running = home.sandboxes().start(&home.spec("viarunc", "echo via runc; exit 4"), &options).expect("start");
     let mut out = Vec::new();
-    assert_eq!(running.wait(Some(&mut out)).expect("wait"), Some(4));
+    assert_eq!(running.wait(Some(&mut out), "viarunc | ").expect("wait"), Some(4));
     assert!(String::from_utf8_lossy(&out).contains("viarunc | via runc\n"));
     let leftover = Command::new("runc").arg("--root").arg(home.sandboxes().oci_state_root()).args(["list", "-q"]).output().expect("runc list");
     assert_eq!(String::from_utf8_lossy(&leftover.stdout).trim(), "");
@@ -272,7 +272,7 @@ fn supervisor_child() {
     let home = Home { dir: tempfile::tempdir().expect("unused"), layer: layer.into() };
     let spec = home.spec("orphan", "echo up; exec sleep 1000");
     let running = Sandboxes::new(Path::new(&root)).start(&spec, &StartOptions::default()).expect("start");
-    let _ = running.wait(None);
+    let _ = running.wait(None, "");
 }
 
 #[test]
@@ -310,7 +310,8 @@ fn after_the_supervisor_is_killed_the_next_command_cleans_up() {
     assert!(init.is_alive(), "the sandbox outlives a killed supervisor until the next command");
     assert!(matches!(sandboxes.status("orphan").expect("status"), Status::Stale { .. }));
 
-    assert_eq!(sandboxes.cleanup_stale().expect("cleanup"), ["orphan"]);
+    let cleaned = sandboxes.cleanup_stale().expect("cleanup");
+    assert_eq!(cleaned.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>(), ["orphan"]);
     home.assert_clean("orphan", Some(init));
     assert_eq!(sandboxes.status("orphan").expect("status"), Status::Exited { exit_code: None });
     assert!(sandboxes.cleanup_stale().expect("again").is_empty());
@@ -363,7 +364,7 @@ fn the_agent_as_pid_1_runs_the_command_serves_exec_and_stops_on_sigterm() {
     spec.pid1 = Pid1::Agent { binary: agent.clone() };
     let running = sandboxes.start(&spec, &StartOptions::default()).expect("start");
     let mut out = Vec::new();
-    let code = running.wait(Some(&mut out)).expect("wait");
+    let code = running.wait(Some(&mut out), &format!("{} | ", spec.name)).expect("wait");
     let text = String::from_utf8_lossy(&out);
     assert_eq!(code, Some(5), "{text}");
     assert!(text.contains("agentfg | hi from agent\n"), "{text}");

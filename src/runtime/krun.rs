@@ -26,7 +26,7 @@ use super::view::{self, GUEST_AGENT, GUEST_CONFIG, GUEST_RUN, GUEST_SCRIPTS, Gue
 use super::{Backend, Boot, Pid1, RuntimeError, SandboxSpec, Started};
 
 /// Set (to a `vm.json` path) in the environment of the msb child that becomes the VMM.
-pub const VMM_ENV: &str = "MSB_KRUN_VMM";
+pub const VMM_ENV: &str = crate::env::MSB_KRUN_VMM;
 /// The guest vsock port the agent listens on; libkrun maps it to the host's `run/agent.sock`.
 pub const AGENT_VSOCK_PORT: u32 = 7000;
 /// The guest kernel library libkrun loads at run time.

@@ -24,7 +24,6 @@ use std::process::{Child, ExitStatus};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use indexmap::IndexMap;
-use serde::{Deserialize, Serialize};
 
 pub use cgroup::CgroupLayout;
 pub use oci::OciRuntime;
@@ -32,6 +31,7 @@ pub use state::{BackendKind, SandboxDir, State, Status, StopSignal};
 pub use sys::ProcessRef;
 pub use view::{GuestConfig, ResolvedInit};
 
+pub use crate::manifest::Network;
 use crate::manifest::{Init, Runtime, SandboxConfig};
 use crate::store::RuntimeConfig;
 use crate::store::lock::Lock;
@@ -73,19 +73,8 @@ impl RuntimeError {
     }
 }
 
-/// The sandbox's network.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Network {
-    /// A private network namespace with only loopback.
-    #[default]
-    Private,
-    /// The host's network namespace.
-    Host,
-}
-
 /// The sandbox's main command, after merging the Sandboxfile with the image config.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ProcessSpec {
     /// Entrypoint followed by command; may be empty (the agent then only serves exec).
     pub argv: Vec<String>,
@@ -126,7 +115,7 @@ impl ProcessSpec {
 }
 
 /// What runs as the container's PID 1.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub enum Pid1 {
     /// msb's agent (the normal case), from this host file, bound at `/.msb/agent`.
     Agent { binary: PathBuf },
@@ -137,7 +126,7 @@ pub enum Pid1 {
 
 /// Everything a backend needs to boot one sandbox. Built by the caller from the Sandboxfile, the
 /// image record and the patch plan.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct SandboxSpec {
     /// The sandbox's name: its folder, hostname and (with a hash) container id.
     pub name: String,
@@ -152,6 +141,15 @@ pub struct SandboxSpec {
     /// Bytes.
     pub memory: Option<u64>,
     pub network: Network,
+}
+
+impl SandboxSpec {
+    /// Names this exact boot: equal digests boot the same sandbox, so a running one need not be
+    /// restarted (`msb up` again, `--watch` after an edit that changed nothing it runs).
+    pub fn digest(&self) -> String {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        crate::store::Digest::of(&json).to_string()
+    }
 }
 
 /// How a sandbox is started.
@@ -221,7 +219,7 @@ pub struct Boot<'a> {
 
 /// A way to run sandboxes. Methods get the sandbox's folder and recorded state; they never
 /// print (they log with `tracing`) and never leave a process, mount or socket behind on error.
-pub trait Backend {
+pub trait Backend: Send + Sync {
     fn kind(&self) -> BackendKind;
     /// Boots a prepared sandbox.
     fn start(&self, boot: Boot<'_>) -> Result<Started, RuntimeError>;
@@ -325,6 +323,7 @@ impl Sandboxes {
             stop_signal: init.as_ref().map_or(StopSignal::Term, |i| i.stop_signal),
             exit_code: None,
             stopped: false,
+            spec_digest: Some(spec.digest()),
         };
         // Recorded before the runtime starts, so a crash from here on is found and cleaned.
         dir.write_state(&state)?;
@@ -354,6 +353,28 @@ impl Sandboxes {
         }
     }
 
+    /// The [`SandboxSpec::digest`] of the running sandbox `name`; `None` when it does not run.
+    pub fn running_digest(&self, name: &str) -> Result<Option<String>, RuntimeError> {
+        if !matches!(self.status(name)?, Status::Running { .. }) {
+            return Ok(None);
+        }
+        Ok(self.dir(name).read_state()?.and_then(|state| state.spec_digest))
+    }
+
+    /// The layers each sandbox with a folder was last booted on: roots for `cache gc`, since a
+    /// sandbox's own layer only makes sense over them.
+    pub fn layers_in_use(&self) -> Result<Vec<PathBuf>, RuntimeError> {
+        let mut layers = Vec::new();
+        for name in self.names()? {
+            let path = self.dir(&name).lowers_file();
+            let Ok(bytes) = fs::read(&path) else { continue };
+            let lowers: Vec<PathBuf> = serde_json::from_slice(&bytes)
+                .map_err(|err| RuntimeError::Damaged { name: name.clone(), path: path.clone(), reason: err.to_string() })?;
+            layers.extend(lowers);
+        }
+        Ok(layers)
+    }
+
     /// Every sandbox with a folder, by name.
     pub fn list(&self) -> Result<Vec<(String, Status)>, RuntimeError> {
         let mut out = Vec::new();
@@ -380,10 +401,10 @@ impl Sandboxes {
         Ok(names)
     }
 
-    /// Cleans every sandbox a killed msb left (processes, crun state, sockets), returning their
-    /// names. Cheap when there is nothing to do: one small file read per sandbox. Every msb
+    /// Cleans every sandbox a killed msb left, or whose detached PID 1 ended on its own
+    /// (processes, crun state, sockets), returning their names and why. Cheap when there is nothing to do: one small file read per sandbox. Every msb
     /// command should call it first.
-    pub fn cleanup_stale(&self) -> Result<Vec<String>, RuntimeError> {
+    pub fn cleanup_stale(&self) -> Result<Vec<(String, String)>, RuntimeError> {
         let mut cleaned = Vec::new();
         for name in self.names()? {
             let dir = self.dir(&name);
@@ -395,7 +416,7 @@ impl Sandboxes {
             if let Status::Stale { reason } = self.judge(&dir, &state) {
                 tracing::info!(sandbox = %name, "cleaning up: {reason}");
                 self.clean(&dir, &state)?;
-                cleaned.push(name);
+                cleaned.push((name, reason));
             }
         }
         Ok(cleaned)
@@ -536,17 +557,19 @@ impl Running {
         self.backend.agent_socket_path(&self.dir)
     }
 
-    /// Foreground: writes each line of the sandbox's output to `out` as `NAME | line` while it
-    /// runs (when `out` is given), waits for PID 1 to exit, cleans up, and returns its exit code
-    /// (128+N when killed by signal N). Detached: returns `None` at once.
-    pub fn wait(mut self, out: Option<&mut dyn Write>) -> Result<Option<i32>, RuntimeError> {
+    /// Foreground: writes each line of the sandbox's output to `out`, after `prefix` (`up` gives
+    /// `"NAME | "`), while it runs (when `out` is given), waits for PID 1 to exit, cleans up, and
+    /// returns its exit code (128+N when killed by signal N). Detached: returns `None` at once.
+    pub fn wait(mut self, out: Option<&mut dyn Write>, prefix: &str) -> Result<Option<i32>, RuntimeError> {
         let Some(mut child) = self.child.take() else { return Ok(None) };
-        let status = follow(&self.log_path(), &self.state.name, &mut child, out)?;
+        let status = follow(&self.log_path(), prefix, &mut child, out)?;
         let code = exit_code(status);
         let _lock = lock(&self.dir, true)?;
+        // `msb stop` (or Ctrl-C) from elsewhere has already stopped it and cleaned up.
+        let stopped_by_another = self.dir.read_state()?.is_some_and(|state| state.stopped);
         // PID 1 has exited; this removes crun's state if `crun run` could not.
         self.backend.kill(&self.dir, &self.state)?;
-        if let Some(err) = self.backend_failure(&status) {
+        if let Some(err) = self.backend_failure(&status).filter(|_| !stopped_by_another) {
             self.sandboxes.finish(&self.dir, &mut self.state, None)?;
             return Err(err);
         }
@@ -582,8 +605,9 @@ fn exit_code(status: ExitStatus) -> i32 {
     status.code().or(status.signal().map(|s| 128 + s)).unwrap_or(1)
 }
 
-/// Streams `log` line by line, prefixed with `name`, until `child` exits; then drains the rest.
-fn follow(log: &Path, name: &str, child: &mut Child, mut out: Option<&mut dyn Write>) -> Result<ExitStatus, RuntimeError> {
+/// Streams `log` line by line, each after `prefix`, until `child` exits; then drains the rest.
+/// Each line is one write, so sandboxes followed from several threads never mix within a line.
+fn follow(log: &Path, prefix: &str, child: &mut Child, mut out: Option<&mut dyn Write>) -> Result<ExitStatus, RuntimeError> {
     let pidfd = rustix::process::Pid::from_raw(child.id() as i32)
         .and_then(|pid| rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok());
     let mut file = fs::File::open(log).map_err(RuntimeError::io("read", log))?;
@@ -594,16 +618,19 @@ fn follow(log: &Path, name: &str, child: &mut Child, mut out: Option<&mut dyn Wr
             pending.clear();
             return;
         };
+        let mut line = Vec::new();
         while let Some(end) = pending.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=end).collect();
-            let _ = write!(out, "{name} | ");
+            line.clear();
+            line.extend_from_slice(prefix.as_bytes());
+            line.extend(pending.drain(..=end));
             let _ = out.write_all(&line);
         }
         if last && !pending.is_empty() {
-            let _ = write!(out, "{name} | ");
-            let _ = out.write_all(pending);
-            let _ = out.write_all(b"\n");
-            pending.clear();
+            line.clear();
+            line.extend_from_slice(prefix.as_bytes());
+            line.append(pending);
+            line.push(b'\n');
+            let _ = out.write_all(&line);
         }
         let _ = out.flush();
     };

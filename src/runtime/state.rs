@@ -194,6 +194,9 @@ pub struct State {
     pub exit_code: Option<i32>,
     #[serde(default)]
     pub stopped: bool,
+    /// What it was booted from ([`super::SandboxSpec::digest`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_digest: Option<String>,
 }
 
 /// What a sandbox is doing now.
@@ -244,6 +247,7 @@ mod tests {
             stop_signal: StopSignal::SystemdPoweroff,
             exit_code: None,
             stopped: false,
+            spec_digest: Some("sha256:0123".into()),
         };
         sandbox.write_state(&state).expect("write");
         assert_eq!(sandbox.read_state().expect("read"), Some(state));

@@ -96,9 +96,10 @@ pub fn list(store: &Store) -> Result<Vec<Entry>, StoreError> {
     Ok(entries)
 }
 
-/// Removes what neither a name nor a plan record used within `keep_for` reaches (`None`: only
-/// names count, which is `prune`). Returns what was removed.
-pub fn collect(store: &Store, keep_for: Option<Duration>) -> Result<Vec<Entry>, StoreError> {
+/// Removes what neither a name, a plan record used within `keep_for` (`None`: only names count,
+/// which is `prune`), nor `in_use` (the layers that existing sandboxes boot on) reaches. Returns
+/// what was removed.
+pub fn collect(store: &Store, keep_for: Option<Duration>, in_use: &[PathBuf]) -> Result<Vec<Entry>, StoreError> {
     let now = SystemTime::now();
     let uses = Uses::read(store)?;
     let recent: Vec<&Record> = uses
@@ -108,6 +109,12 @@ pub fn collect(store: &Store, keep_for: Option<Duration>) -> Result<Vec<Entry>, 
         .map(|(record, _)| record)
         .collect();
     let mut keep: BTreeSet<String> = recent.iter().flat_map(|r| r.steps.iter().map(|s| s.key.clone())).collect();
+    let layers = store.root().join("layers/sha256");
+    for path in in_use {
+        if let Some(hex) = path.strip_prefix(&layers).ok().and_then(|rest| rest.to_str()) {
+            keep.insert(format!("sha256:{hex}"));
+        }
+    }
     let used_chains: BTreeSet<&str> = recent.iter().map(|r| r.chain_id.as_str()).collect();
     let named: BTreeSet<Digest> = store.images()?.into_iter().map(|(_, image)| image.digest).collect();
     for image in image_records(store)? {
