@@ -16,5 +16,6 @@ pub mod reference;
 pub mod runtime;
 pub mod sandbox;
 pub mod store;
+pub mod supervisor;
 pub mod sys;
 pub mod watch;

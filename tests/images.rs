@@ -10,14 +10,14 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use msb::store::{Digest, ImageRecord, Store};
 use sha2::{Digest as _, Sha256};
 use tempfile::TempDir;
 
-use crate::test::{fixtures, msb, repo};
+use crate::test::{fixtures, msb};
 
 const REGISTRY: &str = "127.0.0.1:5000/msb-test";
 

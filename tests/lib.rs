@@ -8,3 +8,4 @@ mod publish;
 mod test;
 mod up;
 mod validate;
+mod watch;

@@ -120,7 +120,7 @@ pub fn main() -> ExitCode {
 
 /// Prints an error once, for people. An invalid Sandboxfile prints each problem with its own
 /// snippet, then one line that sums up.
-fn render(err: Error) {
+pub(crate) fn render(err: Error) {
     if let Error::Manifest(ManifestError::Invalid(invalid)) = &err {
         for report in invalid.reports() {
             eprintln!("{report:?}");

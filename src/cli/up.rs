@@ -5,12 +5,9 @@ use std::io;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread;
 
 use clap::Args;
 use indexmap::IndexMap;
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use super::ProjectArgs;
 use crate::error::Error;
@@ -19,8 +16,8 @@ use crate::manifest::{
     ScriptName,
 };
 use crate::project::Project;
-use crate::runtime::{DEFAULT_STOP_TIMEOUT, Running, Sandboxes};
-use crate::sandbox;
+use crate::runtime::{DEFAULT_STOP_TIMEOUT, Sandboxes};
+use crate::{sandbox, supervisor};
 use crate::store::{PullOptions, PullPolicy, Store};
 
 #[derive(Debug, Args)]
@@ -35,6 +32,10 @@ pub struct UpArgs {
     /// When to contact the images' registries.
     #[arg(long, value_enum, default_value_t)]
     pub pull: PullPolicy,
+    /// Re-run when the Sandboxfile, a script file or a patch source changes: only the layers an
+    /// edit touches are rebuilt, only the sandboxes it changes restart.
+    #[arg(short, long, conflicts_with = "detach")]
+    pub watch: bool,
 }
 
 #[derive(Debug, Args)]
@@ -99,7 +100,7 @@ fn parse_runtime(s: &str) -> Result<Runtime, String> {
 
 pub(super) fn up(home: Option<PathBuf>, args: UpArgs) -> Result<ExitCode, Error> {
     let (manifest, store) = args.project.open(home)?;
-    boot(&manifest, &store, &args.names, args.pull, args.detach, false)
+    boot(manifest, &store, args.names, args.pull, args.detach, args.watch, false)
 }
 
 pub(super) fn run(home: Option<PathBuf>, args: RunArgs) -> Result<ExitCode, Error> {
@@ -130,7 +131,7 @@ pub(super) fn run(home: Option<PathBuf>, args: RunArgs) -> Result<ExitCode, Erro
     sandbox.insert(name.clone(), config);
     let manifest = Manifest { path: dir.join(".msb-run"), dir, file: Sandboxfile { sandbox, watch: Default::default() } };
     let store = Store::open(home.as_deref())?;
-    let result = boot(&manifest, &store, &[], args.pull, args.detach, true);
+    let result = boot(manifest, &store, Vec::new(), args.pull, args.detach, false, true);
     if !args.detach && !args.keep {
         match Sandboxes::new(store.root()).remove(name.as_str()) {
             Ok(()) | Err(crate::runtime::RuntimeError::NotFound { .. }) => {}
@@ -146,23 +147,31 @@ fn unique() -> String {
     format!("{}-{nanos}", std::process::id())
 }
 
-/// Builds `names` of `manifest`, boots them, and (unless `detach`) follows them. `raw` output
-/// is the sandbox's alone, with no plan and no name before each line (`msb run`).
-fn boot(manifest: &Manifest, store: &Store, names: &[String], pull: PullPolicy, detach: bool, raw: bool) -> Result<ExitCode, Error> {
+/// Builds `names` of `manifest` and boots them: detached, returns once they run; else follows
+/// them (and with `watch`, re-runs them on changes) until they exit or Ctrl-C. `raw` output is the
+/// sandbox's alone, with no plan and no name before each line (`msb run`).
+fn boot(manifest: Manifest, store: &Store, names: Vec<String>, pull: PullPolicy, detach: bool, watch: bool, raw: bool) -> Result<ExitCode, Error> {
     let sandboxes = Sandboxes::new(store.root());
     super::sandboxes::clean_stale(&sandboxes)?;
-    let agent = sandbox::agent_binary()?;
     let pull = PullOptions { policy: pull, ..PullOptions::default() };
-    let built = Project { manifest, store }.build(names, &pull, &mut |plan| if !raw { eprint!("{plan}") })?;
-    let width = built.iter().map(|b| b.name.as_str().len()).max().unwrap_or(0);
-    let mut running = Vec::new();
+    if !detach {
+        let hooks = supervisor::Hooks {
+            say: Box::new(|line| eprintln!("{line}")),
+            error: Box::new(super::render),
+            output: Arc::new(|| Box::new(io::stdout())),
+        };
+        let code = supervisor::run(manifest, store, supervisor::Options { names, pull, watch, raw }, hooks)?;
+        return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
+    }
+    let agent = sandbox::agent_binary()?;
+    let built = Project { manifest: &manifest, store }.build(&names, &pull, &mut |plan| eprint!("{plan}"))?;
     let mut said_why = false;
     for built in &built {
         let name = built.name.as_str();
         let config = &manifest.file.sandbox[&built.name];
-        let spec = sandbox::boot_spec(manifest, config, built, &agent)?;
+        let spec = sandbox::boot_spec(&manifest, config, built, &agent)?;
         match sandboxes.running_digest(name)? {
-            Some(digest) if digest == spec.digest() && detach => {
+            Some(digest) if digest == spec.digest() => {
                 eprintln!("{name}: running, up to date");
                 continue;
             }
@@ -172,69 +181,13 @@ fn boot(manifest: &Manifest, store: &Store, names: &[String], pull: PullPolicy, 
             }
             None => {}
         }
-        let (started, choice) = sandbox::start(&sandboxes, config, &spec, detach)?;
+        let (_, choice) = sandbox::start(&sandboxes, config, &spec, true)?;
         // `auto` says once which backend it chose and why (krun needs hardware KVM).
-        if config.runtime == Runtime::Auto && !said_why && !raw {
+        if config.runtime == Runtime::Auto && !said_why {
             eprintln!("runtime {}", choice.reason);
             said_why = true;
         }
-        if detach {
-            eprintln!("{name}: started");
-        }
-        let prefix = if raw { String::new() } else { format!("{name:width$} | ") };
-        running.push((prefix, started));
+        eprintln!("{name}: started");
     }
-    if detach {
-        return Ok(ExitCode::SUCCESS);
-    }
-    follow(&sandboxes, running)
-}
-
-/// Streams every sandbox's output until all have exited. The first Ctrl-C (or SIGTERM, SIGHUP)
-/// stops them all with their init's signal; a second kills them.
-fn follow(sandboxes: &Sandboxes, running: Vec<(String, Running)>) -> Result<ExitCode, Error> {
-    let names: Vec<String> = running.iter().map(|(_, r)| r.name().to_owned()).collect();
-    let interrupted = Arc::new(AtomicBool::new(false));
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
-        .map_err(|cause| crate::runtime::RuntimeError::Io { op: "watch signals of", path: "msb".into(), cause })?;
-    let handle = signals.handle();
-    let stopper = {
-        let (sandboxes, interrupted) = (sandboxes.clone(), interrupted.clone());
-        thread::spawn(move || {
-            let mut stops = Vec::new();
-            for (count, _) in signals.forever().enumerate() {
-                interrupted.store(true, Ordering::SeqCst);
-                let timeout = if count == 0 { DEFAULT_STOP_TIMEOUT } else { std::time::Duration::ZERO };
-                eprintln!("{} {}", if count == 0 { "stopping" } else { "killing" }, names.join(", "));
-                for name in names.clone() {
-                    let sandboxes = sandboxes.clone();
-                    stops.push(thread::spawn(move || sandboxes.stop(&name, timeout)));
-                }
-            }
-            for stop in stops {
-                if let Ok(Err(err)) = stop.join() {
-                    eprintln!("msb: {err}");
-                }
-            }
-        })
-    };
-    let results: Vec<_> = thread::scope(|scope| {
-        let waits: Vec<_> = running
-            .into_iter()
-            .map(|(prefix, running)| scope.spawn(move || running.wait(Some(&mut io::stdout()), &prefix)))
-            .collect();
-        waits.into_iter().map(|w| w.join().unwrap_or(Ok(Some(1)))).collect()
-    });
-    handle.close();
-    let _ = stopper.join();
-    let mut codes = Vec::new();
-    for result in results {
-        codes.push(result?.unwrap_or(0));
-    }
-    if interrupted.load(Ordering::SeqCst) {
-        return Ok(ExitCode::from(130));
-    }
-    // One sandbox: its exit code, as a shell gives a command's; several: the first failure's.
-    let code = codes.iter().copied().find(|c| *c != 0).unwrap_or(0);
-    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+    Ok(ExitCode::SUCCESS)
 }
