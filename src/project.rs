@@ -198,24 +198,21 @@ fn read_record(path: &Path) -> Option<Record> {
 }
 
 /// Writes the merged root of `lowers` (topmost first) as a tar stream: the files a user of the
-/// sandbox would see, whiteouts applied.
+/// sandbox would see, whiteouts applied, each entry as an OCI layer holds it (special files, hard
+/// links, owners, modes, mtimes, xattrs).
 pub fn export_tar(lowers: &[PathBuf], out: impl Write) -> io::Result<()> {
-    let refs: Vec<&Path> = lowers.iter().map(PathBuf::as_path).collect();
-    let root = match refs.as_slice() {
-        [only] => rustix::fs::open(*only, rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::RDONLY, rustix::fs::Mode::empty())?,
-        many => crate::sys::overlay::mount(many, None)?,
-    };
+    // Even a lone layer is read through overlayfs, so that what is seen is what the sandbox
+    // sees (its whiteouts and overlay xattrs hidden); without an upper folder overlayfs wants
+    // two lower ones, so an empty one goes under it.
+    let empty = tempfile::tempdir()?;
+    let mut refs: Vec<&Path> = lowers.iter().map(PathBuf::as_path).collect();
+    if refs.len() == 1 {
+        refs.push(empty.path());
+    }
+    let root = crate::sys::overlay::mount(&refs, None)?;
     // The detached mount has no path; the descriptor's magic link names its root.
     let base = PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&root)));
-    let mut builder = tar::Builder::new(out);
-    builder.follow_symlinks(false);
-    builder.mode(tar::HeaderMode::Complete);
-    for entry in walkdir::WalkDir::new(&base).min_depth(1).sort_by_file_name() {
-        let entry = entry.map_err(io::Error::from)?;
-        let relative = entry.path().strip_prefix(&base).unwrap_or(entry.path());
-        builder.append_path_with_name(entry.path(), relative)?;
-    }
-    builder.into_inner()?.flush()
+    crate::publish::layer::write_tar(&base, out)?.flush()
 }
 
 /// Writes the merged root into `dest`: a folder (created; must not exist or be empty) or, when
