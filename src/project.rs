@@ -37,6 +37,9 @@ pub enum ProjectError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot export to `{}`: it is inside `{}`, {what}", dest.display(), folder.display())]
+    #[diagnostic(help("export somewhere else: an export into what it reads would copy itself until the disk is full"))]
+    ExportInside { dest: PathBuf, folder: PathBuf, what: &'static str },
 }
 
 /// A sandbox whose image is present and whose patch layers are all built.
@@ -215,10 +218,12 @@ pub fn export_tar(lowers: &[PathBuf], out: impl Write) -> io::Result<()> {
     crate::publish::layer::write_tar(&base, out)?.flush()
 }
 
-/// Writes the merged root into `dest`: a folder (created; must not exist or be empty) or, when
-/// the name ends in `.tar`, a tar file.
-pub fn export(lowers: &[PathBuf], dest: &Path) -> Result<(), ProjectError> {
+/// Writes the merged root of `sandbox` into `dest`: a folder (created; must not exist or be
+/// empty) or, when the name ends in `.tar`, a tar file.
+pub fn export(store: &Store, sandbox: &Built, dest: &Path) -> Result<(), ProjectError> {
+    check_export_destination(store, sandbox, dest)?;
     let fail = |source| ProjectError::Export { path: dest.to_owned(), source };
+    let lowers = &sandbox.lowers;
     if dest.extension().is_some_and(|e| e == "tar") {
         let file = fs::File::create(dest).map_err(fail)?;
         return export_tar(lowers, io::BufWriter::new(file)).map_err(fail);
@@ -235,6 +240,50 @@ pub fn export(lowers: &[PathBuf], dest: &Path) -> Result<(), ProjectError> {
     let produced = producer.join().unwrap_or_else(|_| Err(io::Error::other("the export thread panicked")));
     unpacked?;
     produced.map_err(fail)
+}
+
+/// Refuses a destination inside a folder the export reads (a layer of the root, a `dir:` image's
+/// folder) or inside the store: a copy into its own source grows until the disk is full.
+fn check_export_destination(store: &Store, sandbox: &Built, dest: &Path) -> Result<(), ProjectError> {
+    let fail = |source| ProjectError::Export { path: dest.to_owned(), source };
+    let target = resolve_as_created(dest).map_err(fail)?;
+    let lowers = sandbox.lowers.iter().map(|lower| {
+        let what = if sandbox.image.rootfs_dir.as_ref() == Some(lower) {
+            "the folder of the sandbox's `dir:` image"
+        } else {
+            "a layer of the sandbox's root"
+        };
+        (lower.as_path(), what)
+    });
+    for (folder, what) in lowers.chain([(store.root(), "msb's store")]) {
+        let folder = fs::canonicalize(folder).unwrap_or_else(|_| folder.to_owned());
+        if target.starts_with(&folder) {
+            return Err(ProjectError::ExportInside { dest: dest.to_owned(), folder, what });
+        }
+    }
+    Ok(())
+}
+
+/// The absolute path `path` will name once its missing folders are created: each part that
+/// exists with its symlinks resolved, as the kernel will resolve them, the rest as written.
+fn resolve_as_created(path: &Path) -> io::Result<PathBuf> {
+    use std::path::Component;
+    let mut resolved = PathBuf::from("/");
+    for component in std::path::absolute(path)?.components() {
+        match component {
+            Component::Normal(name) => {
+                resolved.push(name);
+                if let Ok(real) = fs::canonicalize(&resolved) {
+                    resolved = real;
+                }
+            }
+            Component::ParentDir => {
+                resolved.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    Ok(resolved)
 }
 
 /// Writes a sandbox's scripts into `dest` as `NAME` files, mode 0755, adding `#!/bin/sh` to bodies

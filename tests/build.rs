@@ -295,3 +295,28 @@ fn sandboxes_are_planned_in_the_order_of_the_file() {
     let names: Vec<&str> = plans.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["zeta", "alpha"]);
 }
+
+#[test]
+fn export_refuses_a_destination_inside_what_it_reads() {
+    let image = tempfile::tempdir().unwrap();
+    let root = rootfs(image.path());
+    let test = project(&root, ALL_OPS);
+    assert_eq!(test.msb(["build"]).code, 0);
+    let before = snapshot(&root);
+    let store = test.path().join(".msb-home/v1");
+    std::os::unix::fs::symlink(&root, test.path().join("root-link")).unwrap();
+    let cases = [
+        (root.join("out"), root.clone(), "the folder of the sandbox's `dir:` image"),
+        (root.join("data/root.tar"), root.clone(), "the folder of the sandbox's `dir:` image"),
+        (test.path().join("root-link/../rootfs/out"), root.clone(), "the folder of the sandbox's `dir:` image"),
+        (store.join("export"), store.clone(), "msb's store"),
+    ];
+    for (dest, inside, what) in cases {
+        let out = test.msb(["export", "worker", dest.to_str().unwrap()]);
+        assert_eq!(out.code, 1, "{}: {}", dest.display(), out.stderr);
+        let message = format!("cannot export to `{}`: it is inside `{}`, {what}", dest.display(), inside.display());
+        assert!(out.stderr.contains(&message), "wanted {message:?} in:\n{}", out.stderr);
+    }
+    assert_eq!(snapshot(&root), before, "the image folder was changed");
+    assert!(!store.join("export").exists());
+}
