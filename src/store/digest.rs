@@ -3,7 +3,9 @@
 //! Only sha256 is accepted: a digest names a file in the store, so it must have one spelling.
 
 use std::fmt;
+use std::fs;
 use std::io::{self, Read, Write};
+use std::path::Path;
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -151,6 +153,22 @@ impl<R: Read> Read for HashingReader<R> {
 #[error("the blob is longer than the {limit} bytes its descriptor gives")]
 pub struct TooLong {
     pub limit: u64,
+}
+
+/// A digest of the tree under `dir` (`dir` included), one line per entry in path order, each
+/// written by `line` from the entry's path, its path relative to `dir` and its `lstat`.
+pub(crate) fn tree_digest(
+    dir: &Path,
+    mut line: impl FnMut(&Path, &Path, &fs::Metadata) -> io::Result<Vec<u8>>,
+) -> io::Result<Digest> {
+    let mut listing = Sha256::new();
+    for entry in walkdir::WalkDir::new(dir).sort_by_file_name() {
+        let entry = entry?;
+        let meta = entry.path().symlink_metadata()?;
+        let relative = entry.path().strip_prefix(dir).unwrap_or(entry.path());
+        listing.update(line(entry.path(), relative, &meta)?);
+    }
+    Ok(Digest::from_hasher(listing))
 }
 
 /// OCI's ChainID over a layer stack: the first diff_id, then `sha256(parent + " " + diff_id)`.
