@@ -15,7 +15,7 @@ use std::sync::Arc;
 use flate2::bufread::MultiGzDecoder;
 use futures_util::StreamExt;
 
-use super::digest::{Digest, HashingReader, TooLong, chain_id};
+use super::digest::{Digest, HashingReader, TooLong, chain_id, stat_digest};
 use super::error::{PullError, StoreError};
 use super::local::Local;
 use super::lock::Lock;
@@ -170,16 +170,18 @@ impl Store {
         if !dir.is_dir() {
             return Err(local_error(io::Error::new(io::ErrorKind::NotADirectory, "not a folder")));
         }
-        // The folder's identity is its path: its content is the user's, read-only for msb.
+        // The record is found by the folder's path; the layers built over it by what it holds
+        // (its content is the user's, read-only for msb).
         let digest = Digest::of(format!("dir:{}", dir.display()).as_bytes());
+        let chain_id = stat_digest(&dir).map_err(local_error)?;
         let record = ImageRecord {
             source: name.to_owned(),
-            digest: digest.clone(),
+            digest,
             platform: Platform::host(),
             config_digest: None,
             config: RuntimeConfig::default(),
             layers: Vec::new(),
-            chain_id: digest,
+            chain_id,
             rootfs_dir: Some(dir),
         };
         self.save(&record, names, None)?;
