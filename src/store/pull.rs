@@ -155,12 +155,7 @@ impl Store {
             && let Some(record) = self.lookup(&source.to_string())? {
                 return Ok(record);
             }
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .map_err(|err| PullError::Runtime { reason: err.to_string() })?;
-        runtime.block_on(self.pull(source, options))
+        runtime()?.block_on(self.pull(source, options))
     }
 
     /// A `dir:` image: nothing to copy; the record points at the folder.
@@ -432,6 +427,15 @@ async fn resolve(fetcher: &Fetcher, image: &str, host: &Platform) -> Result<(Man
         Document::Manifest(manifest) => Ok((*manifest, chosen.digest.clone(), Some(digest))),
         Document::Index(_) => Err(invalid(format!("its index entry {} is another index, which msb does not follow", chosen.digest))),
     }
+}
+
+/// An async runtime for the length of one blocking call (a pull or a push) made from sync code.
+pub(super) fn runtime() -> Result<tokio::runtime::Runtime, PullError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|err| PullError::Runtime { reason: err.to_string() })
 }
 
 /// Runs blocking work (file system, locks, unpacking) off the async threads.
