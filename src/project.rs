@@ -37,6 +37,9 @@ pub enum ProjectError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot export to `{}`: it is inside `{}`, {what}", dest.display(), folder.display())]
+    #[diagnostic(help("export somewhere else: an export into what it reads would copy itself until the disk is full"))]
+    ExportInside { dest: PathBuf, folder: PathBuf, what: &'static str },
 }
 
 /// A sandbox whose image is present and whose patch layers are all built.
@@ -198,30 +201,29 @@ fn read_record(path: &Path) -> Option<Record> {
 }
 
 /// Writes the merged root of `lowers` (topmost first) as a tar stream: the files a user of the
-/// sandbox would see, whiteouts applied.
+/// sandbox would see, whiteouts applied, each entry as an OCI layer holds it (special files, hard
+/// links, owners, modes, mtimes, xattrs).
 pub fn export_tar(lowers: &[PathBuf], out: impl Write) -> io::Result<()> {
-    let refs: Vec<&Path> = lowers.iter().map(PathBuf::as_path).collect();
-    let root = match refs.as_slice() {
-        [only] => rustix::fs::open(*only, rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::RDONLY, rustix::fs::Mode::empty())?,
-        many => crate::sys::overlay::mount(many, None)?,
-    };
+    // Even a lone layer is read through overlayfs, so that what is seen is what the sandbox
+    // sees (its whiteouts and overlay xattrs hidden); without an upper folder overlayfs wants
+    // two lower ones, so an empty one goes under it.
+    let empty = tempfile::tempdir()?;
+    let mut refs: Vec<&Path> = lowers.iter().map(PathBuf::as_path).collect();
+    if refs.len() == 1 {
+        refs.push(empty.path());
+    }
+    let root = crate::sys::overlay::mount(&refs, None)?;
     // The detached mount has no path; the descriptor's magic link names its root.
     let base = PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&root)));
-    let mut builder = tar::Builder::new(out);
-    builder.follow_symlinks(false);
-    builder.mode(tar::HeaderMode::Complete);
-    for entry in walkdir::WalkDir::new(&base).min_depth(1).sort_by_file_name() {
-        let entry = entry.map_err(io::Error::from)?;
-        let relative = entry.path().strip_prefix(&base).unwrap_or(entry.path());
-        builder.append_path_with_name(entry.path(), relative)?;
-    }
-    builder.into_inner()?.flush()
+    crate::publish::layer::write_tar(&base, out)?.flush()
 }
 
-/// Writes the merged root into `dest`: a folder (created; must not exist or be empty) or, when
-/// the name ends in `.tar`, a tar file.
-pub fn export(lowers: &[PathBuf], dest: &Path) -> Result<(), ProjectError> {
+/// Writes the merged root of `sandbox` into `dest`: a folder (created; must not exist or be
+/// empty) or, when the name ends in `.tar`, a tar file.
+pub fn export(store: &Store, sandbox: &Built, dest: &Path) -> Result<(), ProjectError> {
+    check_export_destination(store, sandbox, dest)?;
     let fail = |source| ProjectError::Export { path: dest.to_owned(), source };
+    let lowers = &sandbox.lowers;
     if dest.extension().is_some_and(|e| e == "tar") {
         let file = fs::File::create(dest).map_err(fail)?;
         return export_tar(lowers, io::BufWriter::new(file)).map_err(fail);
@@ -238,6 +240,50 @@ pub fn export(lowers: &[PathBuf], dest: &Path) -> Result<(), ProjectError> {
     let produced = producer.join().unwrap_or_else(|_| Err(io::Error::other("the export thread panicked")));
     unpacked?;
     produced.map_err(fail)
+}
+
+/// Refuses a destination inside a folder the export reads (a layer of the root, a `dir:` image's
+/// folder) or inside the store: a copy into its own source grows until the disk is full.
+fn check_export_destination(store: &Store, sandbox: &Built, dest: &Path) -> Result<(), ProjectError> {
+    let fail = |source| ProjectError::Export { path: dest.to_owned(), source };
+    let target = resolve_as_created(dest).map_err(fail)?;
+    let lowers = sandbox.lowers.iter().map(|lower| {
+        let what = if sandbox.image.rootfs_dir.as_ref() == Some(lower) {
+            "the folder of the sandbox's `dir:` image"
+        } else {
+            "a layer of the sandbox's root"
+        };
+        (lower.as_path(), what)
+    });
+    for (folder, what) in lowers.chain([(store.root(), "msb's store")]) {
+        let folder = fs::canonicalize(folder).unwrap_or_else(|_| folder.to_owned());
+        if target.starts_with(&folder) {
+            return Err(ProjectError::ExportInside { dest: dest.to_owned(), folder, what });
+        }
+    }
+    Ok(())
+}
+
+/// The absolute path `path` will name once its missing folders are created: each part that
+/// exists with its symlinks resolved, as the kernel will resolve them, the rest as written.
+fn resolve_as_created(path: &Path) -> io::Result<PathBuf> {
+    use std::path::Component;
+    let mut resolved = PathBuf::from("/");
+    for component in std::path::absolute(path)?.components() {
+        match component {
+            Component::Normal(name) => {
+                resolved.push(name);
+                if let Ok(real) = fs::canonicalize(&resolved) {
+                    resolved = real;
+                }
+            }
+            Component::ParentDir => {
+                resolved.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    Ok(resolved)
 }
 
 /// A sandbox's scripts as the guest sees them at `/.msb/scripts/NAME`: name and body, `#!/bin/sh`

@@ -295,3 +295,54 @@ fn sandboxes_are_planned_in_the_order_of_the_file() {
     let names: Vec<&str> = plans.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["zeta", "alpha"]);
 }
+
+#[test]
+fn export_refuses_a_destination_inside_what_it_reads() {
+    let image = tempfile::tempdir().unwrap();
+    let root = rootfs(image.path());
+    let test = project(&root, ALL_OPS);
+    assert_eq!(test.msb(["build"]).code, 0);
+    let before = snapshot(&root);
+    let store = test.path().join(".msb-home/v1");
+    std::os::unix::fs::symlink(&root, test.path().join("root-link")).unwrap();
+    let cases = [
+        (root.join("out"), root.clone(), "the folder of the sandbox's `dir:` image"),
+        (root.join("data/root.tar"), root.clone(), "the folder of the sandbox's `dir:` image"),
+        (test.path().join("root-link/../rootfs/out"), root.clone(), "the folder of the sandbox's `dir:` image"),
+        (store.join("export"), store.clone(), "msb's store"),
+    ];
+    for (dest, inside, what) in cases {
+        let out = test.msb(["export", "worker", dest.to_str().unwrap()]);
+        assert_eq!(out.code, 1, "{}: {}", dest.display(), out.stderr);
+        let message = format!("cannot export to `{}`: it is inside `{}`, {what}", dest.display(), inside.display());
+        assert!(out.stderr.contains(&message), "wanted {message:?} in:\n{}", out.stderr);
+    }
+    assert_eq!(snapshot(&root), before, "the image folder was changed");
+    assert!(!store.join("export").exists());
+}
+
+#[test]
+fn editing_a_dir_image_rebuilds_the_steps_on_it() {
+    let image = tempfile::tempdir().unwrap();
+    let root = rootfs(image.path());
+    let test = project(&root, ALL_OPS);
+    assert_eq!(test.msb(["build"]).code, 0);
+    assert_eq!(statuses(&plan_json(&test)), vec!["cached"; 10]);
+
+    let mut rebuilt = vec!["build:image_changed".to_owned()];
+    rebuilt.extend(vec!["build:earlier_step_changed".to_owned(); 9]);
+    // A file of the same size, rewritten: only its mtime tells.
+    std::fs::write(root.join("data/a"), "b").unwrap();
+    assert_eq!(statuses(&plan_json(&test)), rebuilt);
+    let out = test.msb(["build"]);
+    assert!(out.stderr.contains("10 of 10 steps built"), "{}", out.stderr);
+
+    // A new entry, and a mode change.
+    std::fs::write(root.join("etc/new"), "").unwrap();
+    assert_eq!(statuses(&plan_json(&test)), rebuilt);
+    assert_eq!(test.msb(["build"]).code, 0);
+    std::fs::set_permissions(root.join("etc/new"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(statuses(&plan_json(&test)), rebuilt);
+    assert_eq!(test.msb(["build"]).code, 0);
+    assert_eq!(statuses(&plan_json(&test)), vec!["cached"; 10]);
+}

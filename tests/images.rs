@@ -353,6 +353,38 @@ fn local_sources_match_umoci() {
     assert!(home.store().verify().expect("verify").is_empty());
 }
 
+/// `msb export` of a sandbox on the layered image (a FIFO, a device node, hard links, xattrs,
+/// owners, modes, mtimes) writes the root `umoci unpack` gives, to a folder and in a tar (read
+/// back by GNU tar, an unpacker that is not msb's).
+#[test]
+fn export_of_the_layered_image_matches_umoci() {
+    fixtures();
+    let home = Home::new();
+    let project = tempfile::Builder::new().prefix("msb-export-").tempdir().expect("tempdir");
+    let sandboxfile = project.path().join("Sandboxfile");
+    fs::write(&sandboxfile, format!("[sandbox.layered]\nimage = \"{}\"\n", registry("layered:oci"))).expect("write");
+    let sandboxfile = sandboxfile.to_str().expect("utf-8");
+    let reference = umoci("layered-oci", "latest");
+
+    let folder = project.path().join("root");
+    home.ok(&["export", "-f", sandboxfile, "layered", folder.to_str().expect("utf-8")]);
+    assert_same_tree("export to a folder", &folder, &reference);
+
+    let tar = project.path().join("root.tar");
+    home.ok(&["export", "-f", sandboxfile, "layered", tar.to_str().expect("utf-8")]);
+    let unpacked = project.path().join("from-tar");
+    fs::create_dir(&unpacked).expect("mkdir");
+    let status = Command::new("tar")
+        .args(["--xattrs", "--xattrs-include=user.*", "--numeric-owner", "-xpf"])
+        .arg(&tar)
+        .arg("-C")
+        .arg(&unpacked)
+        .status()
+        .expect("run tar");
+    assert!(status.success(), "GNU tar cannot read the exported tar");
+    assert_same_tree("export to a tar", &unpacked, &reference);
+}
+
 #[test]
 fn dir_source_is_used_in_place() {
     let rootfs = fixtures().join("busybox-rootfs");

@@ -70,7 +70,7 @@ pub(super) fn export(home: Option<PathBuf>, args: ExportArgs) -> Result<ExitCode
     let pull = PullOptions { policy: PullPolicy::Missing, ..PullOptions::default() };
     let built = Project { manifest: &manifest, store: &store }.build(&[args.name], &pull, &mut |_| {})?;
     if let Some(sandbox) = built.first() {
-        project::export(&sandbox.lowers, &args.dest)?;
+        project::export(&store, sandbox, &args.dest)?;
         eprintln!("exported `{}` to {}", sandbox.name, args.dest.display());
     }
     Ok(ExitCode::SUCCESS)

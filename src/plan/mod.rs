@@ -115,7 +115,7 @@ pub enum Reason {
     SourceChanged { file: String },
     /// An earlier step is rebuilt, so this one sits on a new parent.
     EarlierStepChanged { step: usize },
-    /// The base image resolved to different layers.
+    /// The base image resolved to different layers (or a `dir:` image's folder changed).
     ImageChanged,
     /// The image is not resolved yet (not pulled, and the registry was not asked).
     ImageNotResolved,

@@ -11,6 +11,8 @@ use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+use crate::agent::elf::Elf;
+
 /// Why an agent binary cannot be baked in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Unfit {
@@ -44,60 +46,11 @@ pub fn check(path: &Path, architecture: &str) -> Result<(), Unfit> {
     }
 }
 
-/// What msb reads of an ELF file.
-struct Elf {
-    machine: u16,
-    interpreter: bool,
-}
-
-impl Elf {
-    /// 64-bit little-endian ELF only (the agent's targets); `None` for anything else.
-    fn parse(bytes: &[u8]) -> Option<Elf> {
-        if bytes.get(..4)? != b"\x7fELF" || *bytes.get(4)? != 2 || *bytes.get(5)? != 1 {
-            return None;
-        }
-        let u16_at = |at: usize| Some(u16::from_le_bytes(bytes.get(at..at + 2)?.try_into().ok()?));
-        let u32_at = |at: usize| Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?));
-        let u64_at = |at: usize| Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?));
-        let machine = u16_at(0x12)?;
-        let phoff = usize::try_from(u64_at(0x20)?).ok()?;
-        let (phentsize, phnum) = (usize::from(u16_at(0x36)?), usize::from(u16_at(0x38)?));
-        const PT_INTERP: u32 = 3;
-        let interpreter = (0..phnum).any(|i| u32_at(phoff + i * phentsize) == Some(PT_INTERP));
-        Some(Elf { machine, interpreter })
-    }
-
-    /// The OCI name of the ELF machine.
-    fn architecture(&self) -> Option<&'static str> {
-        Some(match self.machine {
-            62 => "amd64",
-            183 => "arm64",
-            243 => "riscv64",
-            21 => "ppc64le",
-            22 => "s390x",
-            _ => return None,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::elf::tests::elf;
     use std::path::PathBuf;
-
-    /// A minimal 64-bit ELF header with one program header of type `ptype`.
-    fn elf(machine: u16, ptype: u32) -> Vec<u8> {
-        let mut bytes = vec![0u8; 64 + 56];
-        bytes[..4].copy_from_slice(b"\x7fELF");
-        bytes[4] = 2;
-        bytes[5] = 1;
-        bytes[0x12..0x14].copy_from_slice(&machine.to_le_bytes());
-        bytes[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
-        bytes[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
-        bytes[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes());
-        bytes[64..68].copy_from_slice(&ptype.to_le_bytes());
-        bytes
-    }
 
     fn write(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> PathBuf {
         let path = dir.join(name);

@@ -55,6 +55,14 @@ pub fn pack_dir(dir: &Path, out: impl Write) -> io::Result<LayerBlob> {
     pack(out, |builder| write_tree(builder, dir))
 }
 
+/// Writes the tree of `dir` (its root entry left out) as an uncompressed tar into `out`, entry by
+/// entry as [`pack_dir`] does: `msb export` of a merged root, a layer with nothing below it.
+pub fn write_tar<W: Write>(dir: &Path, out: W) -> io::Result<W> {
+    let mut builder = tar::Builder::new(out);
+    write_tree(&mut builder, dir)?;
+    builder.into_inner()
+}
+
 /// Writes a layer of `entries` (owned by root, with mtime `mtime`) as a gzip blob into `out`.
 pub fn pack_entries(entries: &[MemoryEntry], mtime: u64, out: impl Write) -> io::Result<LayerBlob> {
     pack(out, |builder| {
@@ -122,6 +130,10 @@ fn sorted_children(dir: &Path) -> io::Result<std::vec::IntoIter<std::ffi::OsStri
 }
 
 /// Adds one entry; true when it is a folder to walk into.
+///
+/// Headers are made here from the entry's `lstat`, not by the tar crate's `append_path*`: those
+/// read the file themselves, and (tar 0.4) fail on FIFOs and device nodes with "paths in archives
+/// must be relative", write user and group names, and know nothing of xattrs or whiteouts.
 fn write_entry<W: Write>(
     builder: &mut tar::Builder<W>,
     root: &Path,

@@ -198,21 +198,17 @@ fn size_of(path: &Path) -> u64 {
 pub fn layer_sum(dir: &Path) -> std::io::Result<Digest> {
     use sha2::Digest as _;
     use std::os::unix::fs::MetadataExt;
-    let mut listing = sha2::Sha256::new();
-    for entry in walkdir::WalkDir::new(dir).sort_by_file_name() {
-        let entry = entry?;
-        let meta = entry.path().symlink_metadata()?;
-        let relative = entry.path().strip_prefix(dir).unwrap_or(entry.path());
+    super::digest::tree_digest(dir, |path, relative, meta| {
         let content = if meta.is_file() {
             let mut hasher = sha2::Sha256::new();
-            std::io::copy(&mut fs::File::open(entry.path())?, &mut hasher)?;
+            std::io::copy(&mut fs::File::open(path)?, &mut hasher)?;
             hex::encode(hasher.finalize())
         } else if meta.is_symlink() {
-            fs::read_link(entry.path())?.display().to_string()
+            fs::read_link(path)?.display().to_string()
         } else {
             String::new()
         };
-        let opaque = rustix::fs::lgetxattr(entry.path(), "trusted.overlay.opaque", &mut [0u8; 8][..]).is_ok();
+        let opaque = rustix::fs::lgetxattr(path, "trusted.overlay.opaque", &mut [0u8; 8][..]).is_ok();
         let line = format!(
             "{} {:o} {}:{} {} {opaque} {content}\n",
             relative.display(),
@@ -221,9 +217,8 @@ pub fn layer_sum(dir: &Path) -> std::io::Result<Digest> {
             meta.gid(),
             meta.rdev()
         );
-        listing.update(line.as_bytes());
-    }
-    Ok(Digest::from_hasher(listing))
+        Ok(line.into_bytes())
+    })
 }
 
 /// Where a patch layer's checksum is kept.

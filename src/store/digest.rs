@@ -3,7 +3,11 @@
 //! Only sha256 is accepted: a digest names a file in the store, so it must have one spelling.
 
 use std::fmt;
+use std::fs;
 use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -151,6 +155,47 @@ impl<R: Read> Read for HashingReader<R> {
 #[error("the blob is longer than the {limit} bytes its descriptor gives")]
 pub struct TooLong {
     pub limit: u64,
+}
+
+/// A digest of the tree under `dir` (`dir` included), one line per entry in path order, each
+/// written by `line` from the entry's path, its path relative to `dir` and its `lstat`.
+pub(crate) fn tree_digest(
+    dir: &Path,
+    mut line: impl FnMut(&Path, &Path, &fs::Metadata) -> io::Result<Vec<u8>>,
+) -> io::Result<Digest> {
+    let mut listing = Sha256::new();
+    for entry in walkdir::WalkDir::new(dir).sort_by_file_name() {
+        let entry = entry?;
+        let meta = entry.path().symlink_metadata()?;
+        let relative = entry.path().strip_prefix(dir).unwrap_or(entry.path());
+        listing.update(line(entry.path(), relative, &meta)?);
+    }
+    Ok(Digest::from_hasher(listing))
+}
+
+/// The identity of a folder used in place as an image (`dir:`): each entry's path, type, mode,
+/// owner, device number, size, mtime and link target. No content is read, so it costs one walk,
+/// and an edit still changes it (a write moves the mtime).
+pub(crate) fn stat_digest(dir: &Path) -> io::Result<Digest> {
+    tree_digest(dir, |path, relative, meta| {
+        let mut line = relative.as_os_str().as_bytes().to_vec();
+        let stat = format!(
+            "\0{:o} {}:{} {} {} {}.{:09}\0",
+            meta.mode(),
+            meta.uid(),
+            meta.gid(),
+            meta.rdev(),
+            meta.size(),
+            meta.mtime(),
+            meta.mtime_nsec()
+        );
+        line.extend_from_slice(stat.as_bytes());
+        if meta.is_symlink() {
+            line.extend_from_slice(fs::read_link(path)?.as_os_str().as_bytes());
+        }
+        line.push(b'\n');
+        Ok(line)
+    })
 }
 
 /// OCI's ChainID over a layer stack: the first diff_id, then `sha256(parent + " " + diff_id)`.

@@ -110,15 +110,23 @@ impl Store {
     }
 
     /// The image a name points at, when it and all its layers are present. Reads two small files
-    /// and stats each layer: this is the whole cost of a warm `--pull missing`.
+    /// and stats each layer: this is the whole cost of a warm `--pull missing`. A `dir:` image's
+    /// folder can change under its path at any time, so its identity (the chain id) is taken
+    /// again here, by a stat of each of its entries.
     pub fn lookup(&self, name: &str) -> Result<Option<ImageRecord>, StoreError> {
         let Some(reference) = self.resolve(name)? else {
             return Ok(None);
         };
-        let Some(record) = self.record(&reference.digest)? else {
+        let Some(mut record) = self.record(&reference.digest)? else {
             return Ok(None);
         };
-        Ok(self.complete(&record).then_some(record))
+        if !self.complete(&record) {
+            return Ok(None);
+        }
+        if let Some(dir) = &record.rootfs_dir {
+            record.chain_id = digest::stat_digest(dir).map_err(StoreError::io("read", dir))?;
+        }
+        Ok(Some(record))
     }
 
     /// What a name points at.

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use flate2::bufread::MultiGzDecoder;
 use futures_util::StreamExt;
 
-use super::digest::{Digest, HashingReader, TooLong, chain_id};
+use super::digest::{Digest, HashingReader, TooLong, chain_id, stat_digest};
 use super::error::{PullError, StoreError};
 use super::local::Local;
 use super::lock::Lock;
@@ -155,12 +155,7 @@ impl Store {
             && let Some(record) = self.lookup(&source.to_string())? {
                 return Ok(record);
             }
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .map_err(|err| PullError::Runtime { reason: err.to_string() })?;
-        runtime.block_on(self.pull(source, options))
+        runtime()?.block_on(self.pull(source, options))
     }
 
     /// A `dir:` image: nothing to copy; the record points at the folder.
@@ -170,16 +165,18 @@ impl Store {
         if !dir.is_dir() {
             return Err(local_error(io::Error::new(io::ErrorKind::NotADirectory, "not a folder")));
         }
-        // The folder's identity is its path: its content is the user's, read-only for msb.
+        // The record is found by the folder's path; the layers built over it by what it holds
+        // (its content is the user's, read-only for msb).
         let digest = Digest::of(format!("dir:{}", dir.display()).as_bytes());
+        let chain_id = stat_digest(&dir).map_err(local_error)?;
         let record = ImageRecord {
             source: name.to_owned(),
-            digest: digest.clone(),
+            digest,
             platform: Platform::host(),
             config_digest: None,
             config: RuntimeConfig::default(),
             layers: Vec::new(),
-            chain_id: digest,
+            chain_id,
             rootfs_dir: Some(dir),
         };
         self.save(&record, names, None)?;
@@ -430,6 +427,15 @@ async fn resolve(fetcher: &Fetcher, image: &str, host: &Platform) -> Result<(Man
         Document::Manifest(manifest) => Ok((*manifest, chosen.digest.clone(), Some(digest))),
         Document::Index(_) => Err(invalid(format!("its index entry {} is another index, which msb does not follow", chosen.digest))),
     }
+}
+
+/// An async runtime for the length of one blocking call (a pull or a push) made from sync code.
+pub(super) fn runtime() -> Result<tokio::runtime::Runtime, PullError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|err| PullError::Runtime { reason: err.to_string() })
 }
 
 /// Runs blocking work (file system, locks, unpacking) off the async threads.

@@ -102,12 +102,7 @@ impl Store {
         media_type: &str,
         progress: ProgressMode,
     ) -> Result<PushReport, PushError> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .map_err(|err| PushError::Pull(PullError::Runtime { reason: err.to_string() }))?;
-        runtime.block_on(self.push(target, blobs, manifest, media_type, progress))
+        super::pull::runtime()?.block_on(self.push(target, blobs, manifest, media_type, progress))
     }
 
     /// See [`Store::push_blocking`].

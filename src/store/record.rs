@@ -26,8 +26,8 @@ pub struct ImageRecord {
     pub config: RuntimeConfig,
     /// Bottom layer first, as in the manifest.
     pub layers: Vec<LayerRecord>,
-    /// OCI ChainID over the diff_ids (for `dir:`, the same as `digest`): the parent of the first
-    /// patch layer.
+    /// OCI ChainID over the diff_ids (for `dir:`, a digest of a stat of each entry of the folder,
+    /// taken again at each lookup): the parent of the first patch layer.
     pub chain_id: Digest,
     /// For `dir:`, the folder used as the only, read-only, lower layer.
     #[serde(default, skip_serializing_if = "Option::is_none")]

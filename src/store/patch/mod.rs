@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, fchmod, fchown, openat, symlinkat};
 use rustix::io::Errno;
-use sha2::{Digest, Sha256};
 
+use super::digest::HashingReader;
 use crate::manifest::{GuestPath, Patch};
 use crate::plan::sources::{digest_tree, special_kind};
 use crate::sys::overlay::{self, Upper};
@@ -231,25 +231,12 @@ fn copy_file(
     let host_io = |e| io_cause(&source.display().to_string(), e);
     let file = std::fs::File::open(source).map_err(host_io)?;
     let source_mode = file.metadata().map_err(host_io)?.mode() & 0o7777;
-    let mut reader = HashingReader { inner: file, hasher: Sha256::new() };
+    let mut reader = HashingReader::new(file);
     write_file(guest, dst, &mut reader, mode.unwrap_or(source_mode), replace)?;
-    let digest = format!("sha256:{:x}", reader.hasher.finalize());
+    let digest = reader.finish().map_err(host_io)?.digest.to_string();
     match expected {
         Some(expected) if expected != digest => Err(Cause::SourceChanged { path: source.to_owned() }),
         _ => Ok(()),
-    }
-}
-
-struct HashingReader<R> {
-    inner: R,
-    hasher: Sha256,
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
     }
 }
 
