@@ -251,13 +251,15 @@ fn supervise(config: &AgentConfig, config_path: &Path, listener: OwnedFd) -> ! {
             .map_err(|err| eprintln!("msb-agent: cannot start the exec server: {err}"))
             .ok()
     };
-    let mut server = start(config_path);
-    let mut server_started = Instant::now();
+    // The main command first: starting the server (a fork and an exec of this binary) then
+    // overlaps with it instead of delaying its first output. Execs wait on the bound socket.
     let main = if config.argv.is_empty() {
         None
     } else {
         Some(start_main(config).unwrap_or_else(|err| fail(err.exit_code(), err)))
     };
+    let mut server = start(config_path);
+    let mut server_started = Instant::now();
     loop {
         loop {
             // `wait`, not `waitpid(None)`: that is pid 0, this process group only.

@@ -36,7 +36,10 @@ pub fn installed() -> PathBuf {
 /// Whether the ELF executable at `path` runs without a dynamic loader, as the agent must: it is
 /// dropped into roots whose libc (if any) is not the one it was built against.
 pub fn is_static_executable(path: &Path) -> io::Result<bool> {
-    let bytes = std::fs::read(path)?;
+    // The program headers of an executable follow its ELF header closely; every boot checks the
+    // agent, so the rest of the file is not read.
+    let mut bytes = Vec::new();
+    io::Read::read_to_end(&mut io::Read::take(std::fs::File::open(path)?, 64 * 1024), &mut bytes)?;
     elf::Elf::parse(&bytes)
         .map(|elf| !elf.interpreter)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("`{}` is not a 64-bit ELF executable", path.display())))
