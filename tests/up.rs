@@ -282,3 +282,21 @@ fn a_missing_agent_is_a_clear_error() {
     assert_eq!(out.code, 1, "{out:?}");
     assert!(out.stderr.contains("the agent binary `/nonexistent/msb-agent` cannot be used"), "{out:?}");
 }
+
+/// A krun guest boot needs hardware KVM (not kvm_pvm): where the probe fails the test says why
+/// and stops; where it passes, the same one-off sandbox boots as a microVM.
+#[test]
+fn krun_boots_where_hardware_kvm_works() {
+    fixtures();
+    if let Some(reason) = msb::runtime::krun::probe().failure() {
+        println!("SKIPPED krun boot test: {reason}");
+        let test = Test::new();
+        let out = test.msb(["run", "--runtime", "krun", BUSYBOX, "--", "true"]);
+        assert!(out.code == 1 && out.stderr.contains("runtime = \"krun\" cannot run here"), "a clear error, not a hang: {out:?}");
+        return;
+    }
+    let test = Test::new();
+    let out = test.msb(["run", "--runtime", "krun", BUSYBOX, "--", "sh", "-c", "echo hi from $(uname -r)"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.starts_with("hi from "), "{out:?}");
+}
