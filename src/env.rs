@@ -9,6 +9,8 @@ pub const MSB_INSECURE_REGISTRIES: &str = "MSB_INSECURE_REGISTRIES";
 pub const MSB_KRUN_VMM: &str = "MSB_KRUN_VMM";
 /// The agent binary bound at `/.msb/agent` [default: `msb-agent` beside `msb`].
 pub const MSB_AGENT: &str = "MSB_AGENT";
+/// Seconds a registry may send nothing before a request to it fails as timed out (default 60).
+pub const MSB_REGISTRY_TIMEOUT: &str = "MSB_REGISTRY_TIMEOUT";
 /// The XDG cache folder; the store defaults to `$XDG_CACHE_HOME/msb`.
 pub const XDG_CACHE_HOME: &str = "XDG_CACHE_HOME";
 /// The user's home folder, for `~/.cache/msb` and `~/.docker/config.json`.

@@ -27,6 +27,24 @@ use super::manifest::{Descriptor, MANIFEST_TYPES, MAX_DOCUMENT};
 pub(super) const ATTEMPTS: u32 = 4;
 pub(super) const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 
+/// How long connecting to a registry may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a registry may send nothing (no header, no byte of a body) before the request
+/// fails as timed out; a slow transfer that keeps sending is never cut.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// [`IDLE_TIMEOUT`], or `MSB_REGISTRY_TIMEOUT` seconds when that is set to a positive number.
+pub(super) fn idle_timeout() -> Duration {
+    let Ok(value) = std::env::var(crate::env::MSB_REGISTRY_TIMEOUT) else { return IDLE_TIMEOUT };
+    match value.trim().parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() && seconds > 0.0 => Duration::from_secs_f64(seconds),
+        _ => {
+            tracing::warn!(%value, "MSB_REGISTRY_TIMEOUT is not a positive number of seconds; using {}", IDLE_TIMEOUT.as_secs());
+            IDLE_TIMEOUT
+        }
+    }
+}
+
 /// One registry repository, with a client set up for it (protocol, credentials).
 pub(super) struct Registry {
     pub(super) client: oci_client::Client,
@@ -56,8 +74,8 @@ impl Registry {
         let config = ClientConfig {
             protocol,
             platform_resolver: None,
-            connect_timeout: Some(Duration::from_secs(15)),
-            read_timeout: Some(Duration::from_secs(60)),
+            connect_timeout: Some(CONNECT_TIMEOUT),
+            read_timeout: Some(idle_timeout()),
             user_agent: concat!("msb/", env!("CARGO_PKG_VERSION")),
             use_monolithic_push: push,
             ..ClientConfig::default()
@@ -151,7 +169,7 @@ impl Registry {
                             None => PullError::Registry {
                                 image,
                                 registry,
-                                reason: format!("layer {digest}: {}", error_chain(&err)),
+                                reason: format!("layer {digest}: {}", if timed_out(&err) { silence() } else { error_chain(&err) }),
                                 transient: true,
                             },
                         };
@@ -251,7 +269,9 @@ where
 /// An oci-client error as a sentence, flagged transient when trying again may help.
 pub(super) fn registry_error(image: &str, registry: &str, err: OciDistributionError) -> PullError {
     let (reason, transient) = match &err {
-        OciDistributionError::RequestError(e) => (error_chain(e), e.is_connect() || e.is_timeout() || e.is_request() || e.is_body()),
+        OciDistributionError::RequestError(e) if timed_out(e) => (silence(), true),
+        OciDistributionError::RequestError(e) => (error_chain(e), e.is_connect() || e.is_request() || e.is_body()),
+        OciDistributionError::IoError(e) if timed_out(e) => (silence(), true),
         OciDistributionError::IoError(e) => (error_chain(e), true),
         OciDistributionError::ServerError { code, message, .. } => {
             let message = message.trim();
@@ -287,6 +307,29 @@ pub(super) fn registry_error(image: &str, registry: &str, err: OciDistributionEr
 /// oci-client's verifying stream reports a digest mismatch as an `io::Error` wrapping it.
 fn digest_error(err: &io::Error) -> Option<&DigestError> {
     err.get_ref().and_then(|inner| inner.downcast_ref::<DigestError>())
+}
+
+/// Whether an error, or one of its causes, is a request that waited too long for the registry.
+fn timed_out(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(err);
+    while let Some(err) = current {
+        if err.downcast_ref::<reqwest::Error>().is_some_and(reqwest::Error::is_timeout) {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            // `io::Error::source` skips the error it wraps: look at that one too.
+            if io.kind() == io::ErrorKind::TimedOut || io.get_ref().is_some_and(|inner| timed_out(inner)) {
+                return true;
+            }
+        }
+        current = err.source();
+    }
+    false
+}
+
+/// What a timed-out request reports: how long msb waited and how to wait longer.
+fn silence() -> String {
+    format!("the registry sent nothing for {} s (MSB_REGISTRY_TIMEOUT sets how long msb waits)", idle_timeout().as_secs_f64())
 }
 
 /// An error and its causes, `: `-joined (reqwest's own message hides the cause).
@@ -388,7 +431,12 @@ mod auth {
         let registry = reference.resolve_registry().to_owned();
         let error = |reason: String| PullError::Credentials { registry: registry.clone(), reason };
         let scheme = if insecure { "http" } else { "https" };
-        let client = reqwest::Client::new();
+        // The same limits as the registry client's: a stalled token endpoint must not hang msb.
+        let client = reqwest::Client::builder()
+            .connect_timeout(super::CONNECT_TIMEOUT)
+            .read_timeout(super::idle_timeout())
+            .build()
+            .map_err(|e| error(format!("cannot set up an HTTP client: {e}")))?;
         let challenge = client
             .get(format!("{scheme}://{registry}/v2/"))
             .send()
