@@ -3,6 +3,7 @@
 mod agent;
 mod build;
 mod cache;
+mod fake_registry;
 mod images;
 mod publish;
 mod test;
