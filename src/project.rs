@@ -170,8 +170,10 @@ impl Project<'_> {
         // Someone else built the same step meanwhile: theirs is as good as ours.
         if !destination.is_dir() {
             let sum = cache::layer_sum(upper.path()).map_err(StoreError::io("read", upper.path()))?;
-            upper.rename_to(&destination)?;
+            // The checksum first: a layer is never present without it, wherever msb is killed.
+            // A checksum without its layer is harmless; the next build of the step replaces it.
             cache::record_sum(self.store, key, &sum)?;
+            upper.rename_to(&destination)?;
         }
         Ok(())
     }
