@@ -34,7 +34,8 @@ pub struct Entry {
 pub enum Kind {
     /// A compressed blob as the registry served it.
     Blob,
-    /// An unpacked image layer, by diff_id.
+    /// An unpacked image layer, by diff_id (also one that no image record names yet: a pull
+    /// publishes its layers before the image's record, and may be stopped in between).
     ImageLayer,
     /// A built patch step, by chain key.
     PatchLayer,
@@ -76,12 +77,21 @@ pub fn list(store: &Store) -> Result<Vec<Entry>, StoreError> {
     let uses = Uses::read(store)?;
     let images = image_records(store)?;
     let image_layers: BTreeSet<&Digest> = images.iter().flat_map(|i| i.layers.iter().map(|l| &l.diff_id)).collect();
+    let planned: BTreeSet<&str> = uses.records.iter().flat_map(|(r, _)| r.steps.iter().map(|s| s.key.as_str())).collect();
     let mut entries = Vec::new();
     for (digest, path) in digests_in(&store.root().join("blobs/sha256"))? {
         entries.push(Entry { kind: Kind::Blob, bytes: size_of(&path), last_used: None, digest });
     }
     for (digest, path) in digests_in(&store.root().join("layers/sha256"))? {
-        let kind = if image_layers.contains(&digest) { Kind::ImageLayer } else { Kind::PatchLayer };
+        // A patch layer always has its checksum (written before the layer) or a plan naming it;
+        // a layer with neither comes from a pull that stopped before saving the image's record.
+        let kind = if image_layers.contains(&digest) {
+            Kind::ImageLayer
+        } else if sum_path(store, &digest).exists() || planned.contains(digest.to_string().as_str()) {
+            Kind::PatchLayer
+        } else {
+            Kind::ImageLayer
+        };
         let last_used = match kind {
             Kind::PatchLayer => uses.last_use(&digest.to_string()),
             _ => images
