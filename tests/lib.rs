@@ -4,6 +4,7 @@ mod agent;
 mod build;
 mod cache;
 mod fake_registry;
+mod faults;
 mod images;
 mod publish;
 mod test;
