@@ -117,6 +117,8 @@ pub(crate) enum Serve {
     Basic,
     /// Every request needs a bearer token, got from `/token` for [`REFRESH_TOKEN`].
     Token,
+    /// As `Token`, but `/token` never answers.
+    TokenStalls,
 }
 
 /// A registry on a loopback port serving one image, `fake/image:tag`, the way `serve` says.
@@ -221,12 +223,16 @@ fn answer(stream: TcpStream, serve: Serve, port: u16, manifest: &[u8], config: &
             let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
             (format!("Basic {encoded}"), "WWW-Authenticate: Basic realm=\"fake\"\r\n".to_owned())
         }
-        Serve::Token => (
+        Serve::Token | Serve::TokenStalls => (
             format!("Bearer {ACCESS_TOKEN}"),
             format!("WWW-Authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"fake\"\r\n"),
         ),
         _ => (String::new(), String::new()),
     };
+    if serve == Serve::TokenStalls && path == "/token" {
+        std::thread::sleep(Duration::from_secs(60));
+        return;
+    }
     if serve == Serve::Token && path == "/token" {
         let form = String::from_utf8_lossy(&body);
         if form.contains(&format!("refresh_token={REFRESH_TOKEN}")) && form.contains("grant_type=refresh_token") {
@@ -291,7 +297,7 @@ fn answer(stream: TcpStream, serve: Serve, port: u16, manifest: &[u8], config: &
                 let body = b"internal error";
                 send(&mut stream, "500 Internal Server Error", "text/plain", body.len(), body);
             }
-            Serve::Good | Serve::FailsOnce | Serve::StallsHead | Serve::WrongDiffId | Serve::Escape | Serve::Basic | Serve::Token => {
+            Serve::Good | Serve::FailsOnce | Serve::StallsHead | Serve::WrongDiffId | Serve::Escape | Serve::Basic | Serve::Token | Serve::TokenStalls => {
                 send(&mut stream, "200 OK", kind, layer.len(), layer)
             }
         }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use crate::fake_registry::{FakeRegistry, Image, Serve};
+use crate::fake_registry::{FakeRegistry, Image, REFRESH_TOKEN, Serve};
 use crate::images::{Home, registry};
 use crate::test::fixtures;
 
@@ -404,4 +404,23 @@ fn transient_registry_faults_are_retried_and_a_slow_transfer_is_not_cut() {
         assert_intact(&home, &format!("{serve:?}"));
         assert_clean(&home, &format!("{serve:?}"));
     }
+}
+
+#[test]
+fn a_stalled_token_endpoint_times_out_clearly() {
+    let server = FakeRegistry::start(Image::new(b"token"), Serve::TokenStalls);
+    let docker = tempfile::tempdir().expect("tempdir");
+    let config = format!(r#"{{"auths":{{"127.0.0.1:{}":{{"identitytoken":"{REFRESH_TOKEN}"}}}}}}"#, server.port);
+    fs::write(docker.path().join("config.json"), config).expect("write config.json");
+    let home = Home::new();
+    let output = home
+        .command(&["pull", &server.name()])
+        .env("DOCKER_CONFIG", docker.path())
+        .env(msb::env::MSB_REGISTRY_TIMEOUT, TIMEOUT)
+        .output()
+        .expect("run msb");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("the token request failed: the registry sent nothing for {TIMEOUT} s")), "{stderr}");
+    assert!(published(&home).is_empty(), "published: {:?}", published(&home));
 }

@@ -441,7 +441,7 @@ mod auth {
             .get(format!("{scheme}://{registry}/v2/"))
             .send()
             .await
-            .map_err(|e| error(format!("cannot reach the registry: {e}")))?;
+            .map_err(|e| error(format!("cannot reach the registry: {}", if super::timed_out(&e) { super::silence() } else { e.to_string() })))?;
         let header = challenge
             .headers()
             .get(reqwest::header::WWW_AUTHENTICATE)
@@ -462,7 +462,12 @@ mod auth {
             ("scope", &scope),
             ("client_id", "msb"),
         ];
-        let response = client.post(&realm).form(&form).send().await.map_err(|e| error(format!("the token request failed: {e}")))?;
+        let response = client
+            .post(&realm)
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| error(format!("the token request failed: {}", if super::timed_out(&e) { super::silence() } else { e.to_string() })))?;
         if !response.status().is_success() {
             return Err(error(format!("the token endpoint answered {}", response.status())));
         }
