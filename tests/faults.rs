@@ -131,11 +131,14 @@ fn an_unpack_killed_anywhere_leaves_an_intact_store_and_the_next_pull_succeeds()
     kill_pulls("unpack", 0x5eed_0002, 16, &sources);
 }
 
-/// A Sandboxfile folder whose patches write a few MB: a copy_dir of incompressible files, a
-/// copy_file, and small ops around them. `revision` changes the first step, so every step of
-/// every revision is built anew.
+/// A Sandboxfile folder whose one sandbox's patches write a few MB: a copy_dir of incompressible
+/// files, a copy_file, and small ops around them, then a `mkdir` of a folder of the caller's.
+/// `revision` changes the first step, so every step of every revision is built anew.
 struct Project {
     dir: TempDir,
+    sandbox: String,
+    /// More keys of the sandbox's table (`command = …`).
+    settings: String,
 }
 
 impl Project {
@@ -149,65 +152,79 @@ impl Project {
         }
         std::os::unix::fs::symlink("page0.bin", dir.path().join("site/index.bin")).expect("symlink");
         fs::write(dir.path().join("blob.bin"), rng.bytes(256 << 10)).expect("write");
-        Project { dir }
+        Project { dir, sandbox: "worker".into(), settings: String::new() }
+    }
+
+    /// Names the sandbox and adds keys to its table.
+    fn sandbox(mut self, name: &str, settings: &str) -> Project {
+        self.sandbox = name.to_owned();
+        self.settings = settings.to_owned();
+        self
     }
 
     fn path(&self) -> &Path {
         self.dir.path()
     }
 
-    /// Writes the Sandboxfile of `revision`, with `last` as its final step.
+    /// Writes the Sandboxfile of `revision`, whose last step makes the folder `last`.
     fn revision(&self, revision: &str, last: &str) -> &Self {
         let image = fixtures().join("busybox-oci");
         let text = format!(
-            r#"[sandbox.worker]
+            r#"[sandbox.{name}]
 image = "oci:{image}"
-
-[[sandbox.worker.patch]]
+{settings}
+[[sandbox.{name}.patch]]
 op = "text"
 path = "/etc/revision"
 content = "{revision}\n"
 
-[[sandbox.worker.patch]]
+[[sandbox.{name}.patch]]
 op = "copy_dir"
 src = "site"
 dst = "/srv/site"
 
-[[sandbox.worker.patch]]
+[[sandbox.{name}.patch]]
 op = "copy_file"
 src = "blob.bin"
 dst = "/opt/blob.bin"
 
-[[sandbox.worker.patch]]
+[[sandbox.{name}.patch]]
 op = "append"
 path = "/etc/motd"
 content = "revision {revision}\n"
 
-[[sandbox.worker.patch]]
+[[sandbox.{name}.patch]]
 op = "remove"
 path = "/etc/hosts"
 
-[[sandbox.worker.patch]]
+[[sandbox.{name}.patch]]
 op = "symlink"
 target = "/srv/site"
 link = "/srv/current"
 
-{last}
+[[sandbox.{name}.patch]]
+op = "mkdir"
+path = "{last}"
 "#,
+            name = self.sandbox,
+            settings = self.settings,
             image = image.display()
         );
         fs::write(self.path().join("Sandboxfile"), text).expect("write the Sandboxfile");
         self
     }
 
-    fn build(&self, home: &Home) -> Command {
-        let mut command = home.command(&["build"]);
+    /// `msb ARGS` in the project's folder, with the store `home`.
+    fn msb(&self, home: &Home, args: &[&str]) -> Command {
+        let mut command = home.command(args);
         command.current_dir(self.path());
         command
     }
-}
 
-const MKDIR: &str = "[[sandbox.worker.patch]]\nop = \"mkdir\"\npath = \"/app\"\n";
+    fn build(&self, home: &Home) -> Command {
+        self.msb(home, &["build"])
+    }
+}
 
 #[test]
 fn a_patch_build_killed_anywhere_leaves_an_intact_store_and_the_next_build_succeeds() {
@@ -216,12 +233,12 @@ fn a_patch_build_killed_anywhere_leaves_an_intact_store_and_the_next_build_succe
     let home = Home::new();
     let project = Project::new(&mut rng, 2 << 20);
     // The image goes in first: the kills are for the patch steps.
-    project.revision("image", MKDIR);
+    project.revision("image", "/app");
     undisturbed(project.build(&home));
     let mut calibration = 0;
     let full = calibrate(|| {
         calibration += 1;
-        project.revision(&format!("calibration {calibration}"), MKDIR);
+        project.revision(&format!("calibration {calibration}"), "/app");
         project.build(&home)
     });
     let trials = 20;
@@ -229,7 +246,7 @@ fn a_patch_build_killed_anywhere_leaves_an_intact_store_and_the_next_build_succe
     for trial in 0..trials {
         let delay = full.mul_f64(rng.fraction());
         let context = format!("patch trial {trial} (seed {seed:#x}): `msb build` killed after {delay:?}");
-        project.revision(&format!("trial {trial}"), MKDIR);
+        project.revision(&format!("trial {trial}"), "/app");
         killed += usize::from(kill_after(project.build(&home), delay));
         assert_intact(&home, &context);
         let output = project.build(&home).output().expect("run msb");
@@ -242,30 +259,38 @@ fn a_patch_build_killed_anywhere_leaves_an_intact_store_and_the_next_build_succe
     assert!(killed >= trials / 3, "only {killed} of {trials} builds were killed before they finished");
 }
 
+/// Gives `to` the same patch sources as `from`: the same step keys.
+fn same_sources(from: &Project, to: &Project) {
+    for name in ["site", "blob.bin"] {
+        let (source, copy) = (from.path().join(name), to.path().join(name));
+        let _ = fs::remove_dir_all(&copy).or_else(|_| fs::remove_file(&copy));
+        let status = Command::new("cp").arg("-a").arg(&source).arg(&copy).status().expect("cp");
+        assert!(status.success(), "cp -a {}", source.display());
+    }
+}
+
+/// Starts the commands at once and waits for them all.
+fn together<const N: usize>(commands: [Command; N]) -> Vec<std::process::Output> {
+    let children: Vec<_> = commands
+        .into_iter()
+        .map(|mut c| c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn msb"))
+        .collect();
+    children.into_iter().map(|c| c.wait_with_output().expect("wait")).collect()
+}
+
 #[test]
 fn two_builds_sharing_layers_at_once_both_succeed_and_build_each_layer_once() {
     let mut rng = Lcg(0x5eed_0004);
     let home = Home::new();
     let (first, second) = (Project::new(&mut rng, 2 << 20), Project::new(&mut rng, 2 << 20));
-    // The same sources in both folders: the same keys.
-    for name in ["site", "blob.bin"] {
-        let (from, to) = (first.path().join(name), second.path().join(name));
-        let _ = fs::remove_dir_all(&to).or_else(|_| fs::remove_file(&to));
-        let status = Command::new("cp").arg("-a").arg(&from).arg(&to).status().expect("cp");
-        assert!(status.success());
-    }
+    same_sources(&first, &second);
     home.ok(&["pull", &format!("oci:{}", fixtures().join("busybox-oci").display())]);
     let image_layers = home.entries("layers/sha256").len();
     for round in 0..4 {
         let revision = format!("round {round}");
-        first.revision(&revision, MKDIR);
-        second.revision(&revision, "[[sandbox.worker.patch]]\nop = \"mkdir\"\npath = \"/data\"\n");
-        let children: Vec<_> = [&first, &second]
-            .iter()
-            .map(|p| p.build(&home).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn msb"))
-            .collect();
-        for child in children {
-            let output = child.wait_with_output().expect("wait");
+        first.revision(&revision, "/app");
+        second.revision(&revision, "/data");
+        for output in together([first.build(&home), second.build(&home)]) {
             assert!(output.status.success(), "round {round}: {}", String::from_utf8_lossy(&output.stderr));
         }
         // Six shared steps and one of each: one layer per key, each with its checksum.
@@ -334,7 +359,7 @@ fn a_full_disk_fails_a_build_clearly_publishes_no_layer_and_the_build_works_once
     let home = Home::new();
     let disk = Tmpfs::mount(home.path(), "8m");
     let project = Project::new(&mut Lcg(0x5eed_0006), 12 << 20);
-    project.revision("full disk", MKDIR);
+    project.revision("full disk", "/app");
     let output = project.build(&home).output().expect("run msb");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
@@ -423,4 +448,73 @@ fn a_stalled_token_endpoint_times_out_clearly() {
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains(&format!("the token request failed: the registry sent nothing for {TIMEOUT} s")), "{stderr}");
     assert!(published(&home).is_empty(), "published: {:?}", published(&home));
+}
+
+/// A sandbox that stays up until stopped.
+const LONG: &str = "command = [\"/bin/sh\", \"-c\", \"echo ready; exec sleep 1000\"]\n";
+
+/// The sandbox `name` runs and its root is the project's: `/etc/revision` holds `revision`.
+fn assert_running(project: &Project, home: &Home, name: &str, revision: &str, context: &str) {
+    let output = project.msb(home, &["exec", name, "--", "cat", "/etc/revision"]).output().expect("run msb");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), format!("{revision}\n"), "{context}: exec in `{name}`: {output:?}");
+}
+
+#[test]
+fn an_up_killed_anywhere_leaves_nothing_behind_and_the_next_up_succeeds() {
+    let seed = 0x5eed_0009;
+    let mut rng = Lcg(seed);
+    let home = Home::new();
+    let project = Project::new(&mut rng, 1 << 20).sandbox("boot", LONG);
+    project.revision("boot", "/app");
+    let stop = |context: &str| {
+        let output = project.msb(&home, &["stop", "boot"]).output().expect("run msb");
+        assert!(output.status.success(), "{context}: msb stop: {}", String::from_utf8_lossy(&output.stderr));
+        crate::up::assert_nothing_left(home.path());
+    };
+    // The first `up` pulls and builds; the kills are for the boot of a built sandbox.
+    undisturbed(project.msb(&home, &["up", "-d"]));
+    stop("first up");
+    let full = calibrate(|| {
+        // Each calibration run stops the one before it.
+        let _ = project.msb(&home, &["stop", "boot"]).output();
+        project.msb(&home, &["up", "-d"])
+    });
+    stop("calibration");
+    let trials = 16;
+    let mut killed = 0;
+    for trial in 0..trials {
+        let delay = full.mul_f64(rng.fraction());
+        let context = format!("boot trial {trial} (seed {seed:#x}): `msb up -d` killed after {delay:?}");
+        killed += usize::from(kill_after(project.msb(&home, &["up", "-d"]), delay));
+        let output = project.msb(&home, &["up", "-d"]).output().expect("run msb");
+        assert!(output.status.success(), "{context}: the next up failed: {}", String::from_utf8_lossy(&output.stderr));
+        assert_running(&project, &home, "boot", "boot", &context);
+        stop(&context);
+        assert_intact(&home, &context);
+    }
+    assert!(killed >= trials / 3, "only {killed} of {trials} ups were killed before they finished");
+}
+
+#[test]
+fn two_ups_sharing_layers_at_once_both_boot_and_build_each_layer_once() {
+    let mut rng = Lcg(0x5eed_000a);
+    let home = Home::new();
+    let left = Project::new(&mut rng, 1 << 20).sandbox("left", LONG);
+    let right = Project::new(&mut rng, 1 << 20).sandbox("right", LONG);
+    same_sources(&left, &right);
+    left.revision("shared", "/left");
+    right.revision("shared", "/right");
+    for output in together([left.msb(&home, &["up", "-d"]), right.msb(&home, &["up", "-d"])]) {
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    }
+    assert_running(&left, &home, "left", "shared", "left");
+    assert_running(&right, &home, "right", "shared", "right");
+    // One image layer, six shared steps and one of each.
+    assert_eq!(home.entries("layers/sha256").len(), 1 + 8, "layers: {:?}", home.entries("layers/sha256"));
+    for (project, name) in [(&left, "left"), (&right, "right")] {
+        let output = project.msb(&home, &["stop", name]).output().expect("run msb");
+        assert!(output.status.success(), "msb stop {name}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    crate::up::assert_nothing_left(home.path());
+    assert_intact(&home, "after two ups");
 }

@@ -20,10 +20,9 @@ fn project(name: &str, body: &str) -> Test {
 /// A sandbox that stays up until stopped.
 const LONG: &str = "command = [\"/bin/sh\", \"-c\", \"echo ready; exec sleep 1000\"]\n";
 
-/// Nothing of the test's sandboxes is left: no process names its home, no mount is under it, no
-/// socket is in any `run/` folder, and crun knows no container.
-fn assert_nothing_left(test: &Test) {
-    let home = test.home();
+/// Nothing of the sandboxes of the store `home` is left: no process names it, no mount is under
+/// it, no socket is in any `run/` folder, and crun knows no container.
+pub(crate) fn assert_nothing_left(home: &Path) {
     let needle = home.display().to_string();
     let me = std::process::id().to_string();
     for entry in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
@@ -96,7 +95,7 @@ content = "Hello from a patched rootfs!\n"
     assert_eq!(out.code, 3, "{out:?}");
     assert_eq!(out.stdout, "worker | Hello from a patched rootfs!\nworker | a script on PATH at /.msb/scripts/greet\n", "{out:?}");
     assert!(out.stderr.contains("1 text /etc/greeting.txt"), "the plan is shown: {}", out.stderr);
-    assert_nothing_left(&test);
+    assert_nothing_left(&test.home());
 }
 
 #[test]
@@ -146,7 +145,7 @@ fn exec_runs_scripts_by_name_with_the_sandbox_s_settings() {
     assert_eq!(test.msb(["rm", "svc"]).code, 1, "a running sandbox is not removed without -f");
     let stop = test.msb(["stop", "svc"]);
     assert_eq!(stop.code, 0, "{stop:?}");
-    assert_nothing_left(&test);
+    assert_nothing_left(&test.home());
     let exec = test.msb(["exec", "svc", "--", "true"]);
     assert!(exec.code == 1 && exec.stderr.contains("sandbox `svc` is not running"), "{exec:?}");
     assert_eq!(test.msb(["rm", "svc"]).code, 0);
@@ -180,7 +179,7 @@ fn run_merges_flags_with_the_image_config_as_docker_does() {
     }
     // One-off sandboxes are removed when they exit.
     assert_eq!(test.msb(["ls"]).stdout.lines().count(), 1, "only the header");
-    assert_nothing_left(&test);
+    assert_nothing_left(&test.home());
 }
 
 #[test]
@@ -227,7 +226,7 @@ fn shell_runs_under_a_terminal() {
     assert!(text().contains("answer=42"), "{}", text());
     assert!(text().contains("/dev/pts/"), "the shell has a terminal: {}", text());
     test.msb(["stop", "sh"]);
-    assert_nothing_left(&test);
+    assert_nothing_left(&test.home());
 }
 
 #[test]
@@ -237,7 +236,7 @@ fn ctrl_c_stops_the_foreground_sandboxes_and_leaves_nothing() {
     wait_for_line(&mut up, "fg | ready");
     signal(&up, rustix::process::Signal::INT);
     assert_eq!(wait_exit(&mut up, Duration::from_secs(30)), Some(130));
-    assert_nothing_left(&test);
+    assert_nothing_left(&test.home());
     let ls = test.msb(["ls"]);
     assert!(ls.stdout.lines().any(|l| l.starts_with("fg") && !l.contains("running")), "{ls:?}");
 }
@@ -251,13 +250,13 @@ fn after_msb_is_killed_the_next_command_cleans_up() {
     up.wait().unwrap();
     let ls = test.msb(["ls"]);
     assert!(ls.stderr.contains("orphan: cleaned up"), "{ls:?}");
-    assert_nothing_left(&test);
+    assert_nothing_left(&test.home());
     // The name is free again.
     let again = test.msb(["up", "-d"]);
     assert_eq!(again.code, 0, "{again:?}");
     assert_eq!(test.msb(["exec", "orphan", "--", "echo", "back"]).stdout, "back\n");
     test.msb(["stop", "orphan"]);
-    assert_nothing_left(&test);
+    assert_nothing_left(&test.home());
 }
 
 #[test]
