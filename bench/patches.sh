@@ -12,6 +12,7 @@ image=${IMAGE:-127.0.0.1:5000/msb-test/debian:bookworm}
 work=$(mktemp -d /tmp/msb-bench-patches.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 export MSB_HOME=$work/home
+. bench/lib.sh
 
 bash tests/fixtures/registry.sh start >/dev/null
 mkdir -p "$work/project/site/css"
@@ -40,7 +41,7 @@ echo 'body {}' > site/css/main.css
 # Cold: from an empty store (pull, unpack, 20 steps), as a user's first `msb build` is.
 hyperfine --style basic --runs 3 \
   --prepare "rm -rf '$MSB_HOME'" \
-  --export-json "$work/empty.json" "'$msb' build" >&2
+  --export-json "$work/empty.json" "$(rss_prefix build-empty) '$msb' build" >&2
 # Cold patches only: the image is in the store, every patch layer is gone.
 hyperfine --style basic --runs 5 --warmup 1 \
   --prepare "'$msb' cache prune >/dev/null" \
@@ -54,9 +55,11 @@ SH
 chmod +x "$work/edit15"
 hyperfine --style basic --runs 10 --warmup 1 \
   --prepare "$work/edit15" \
-  --export-json "$work/edit.json" "'$msb' build" >&2
+  --export-json "$work/edit.json" "$(rss_prefix build-edit) '$msb' build" >&2
 "$msb" build >/dev/null 2>&1
 hyperfine --style basic -N --runs 50 --warmup 5 --export-json "$work/plan.json" "'$msb' plan" >&2
+peak_rss plan "$msb" plan
+keep_results patches
 
 python3 - "$work" <<'PY'
 import json, statistics, sys

@@ -12,17 +12,20 @@ image=${IMAGE:-127.0.0.1:5000/msb-test/debian:bookworm}
 runs=${RUNS:-5}
 work=$(mktemp -d /var/tmp/msb-bench-pull.XXXXXX)
 trap 'rm -rf "$work"' EXIT
+. bench/lib.sh
 
 bash tests/fixtures/registry.sh start >/dev/null
 # Both sides write to the same disk (/var/tmp), and each run starts from an empty folder.
 hyperfine --style basic --runs "$runs" --warmup 1 \
   --prepare "rm -rf '$work/msb' '$work/oci' '$work/bundle'" \
   --export-json "$work/cold.json" \
-  -n msb "MSB_HOME='$work/msb' '$msb' pull '$image'" \
+  -n msb "$(rss_prefix pull-cold) env MSB_HOME='$work/msb' '$msb' pull '$image'" \
   -n "skopeo+umoci" "skopeo copy -q --src-tls-verify=false 'docker://$image' 'oci:$work/oci:x' && umoci unpack --image '$work/oci:x' '$work/bundle' >/dev/null" >&2
 MSB_HOME="$work/msb" "$msb" pull "$image" >/dev/null
 hyperfine --style basic -N --runs 50 --warmup 5 --export-json "$work/warm.json" \
   "env MSB_HOME=$work/msb $msb pull --pull missing $image" >&2
+peak_rss pull-warm env MSB_HOME="$work/msb" "$msb" pull --pull missing "$image"
+keep_results pull
 
 python3 - "$work" <<'PY'
 import json, statistics, sys

@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 msb=${MSB:-$PWD/target/release/msb}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+. bench/lib.sh
 commands=(-n "msb validate" "$msb validate -f Sandboxfile.example")
 if command -v taplo >/dev/null; then
   cp Sandboxfile.example "$work/Sandboxfile.toml"
@@ -13,6 +14,8 @@ if command -v taplo >/dev/null; then
   commands+=(-n "taplo check" "taplo check $work/Sandboxfile.toml")
 fi
 hyperfine --style basic -N --runs 100 --warmup 10 --export-json "$work/validate.json" "${commands[@]}" >&2
+peak_rss validate "$msb" validate -f Sandboxfile.example
+keep_results validate
 python3 - "$work" <<'PY'
 import json, statistics, sys
 results = json.load(open(f"{sys.argv[1]}/validate.json"))["results"]

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Benchmark of a warm `msb up` (issue 6): a sandbox whose command is `/bin/echo hi`, its image
+# pulled and its layers built, booted in the foreground until it exits, for the busybox and the
+# Debian minbase images; beside it, raw `crun run` of an equivalent bundle made by hand (`umoci
+# unpack` of the same image, `config.json`'s args set to `/bin/echo hi`).
+#
+# crun 1.8 refuses to start anything on hosts with hybrid cgroups (see DESIGN.md), so the crun
+# side runs in a private mount namespace in which /sys/fs/cgroup/unified is unmounted, as msb
+# arranges for itself.
+#
+# Needs: a release build (msb and msb-agent), the test registry with the Debian fixture
+# (tests/fixtures/images.sh --debian), crun, umoci, hyperfine, unshare. Prints a Markdown table.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+msb=${MSB:-$PWD/target/release/msb}
+fixtures=${MSB_TEST_FIXTURES:-/tmp/msb-fixtures}
+runs=${RUNS:-30}
+work=$(mktemp -d /tmp/msb-bench-up.XXXXXX)
+export MSB_HOME=$work/home
+cleanup() {
+  for name in busybox debian; do "$msb" rm "$name" >/dev/null 2>&1 || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+. bench/lib.sh
+
+bash tests/fixtures/registry.sh start >/dev/null
+for name in busybox debian; do
+  case $name in
+    busybox) image=127.0.0.1:5000/msb-test/busybox:latest layout=$fixtures/busybox-oci:latest ;;
+    debian) image=127.0.0.1:5000/msb-test/debian:bookworm layout=$fixtures/debian-oci:bookworm ;;
+  esac
+  mkdir -p "$work/$name"
+  printf '[sandbox.%s]\nimage = "%s"\ncommand = ["/bin/echo", "hi"]\n' "$name" "$image" >"$work/$name/Sandboxfile"
+  # Warm: pulled, built and booted once.
+  "$msb" up -f "$work/$name/Sandboxfile" >/dev/null 2>&1
+  umoci unpack --image "$layout" "$work/bundle-$name" >/dev/null
+  jq '.process.args = ["/bin/echo", "hi"] | .process.terminal = false' "$work/bundle-$name/config.json" >"$work/config.json"
+  mv "$work/config.json" "$work/bundle-$name/config.json"
+done
+
+hyperfine --style basic -N --runs "$runs" --warmup 3 --export-json "$work/msb.json" \
+  -n busybox "$msb up -f $work/busybox/Sandboxfile" \
+  -n debian "$msb up -f $work/debian/Sandboxfile" >&2
+for name in busybox debian; do
+  peak_rss "up-$name" "$msb" up -f "$work/$name/Sandboxfile"
+done
+# Each run gets its own container id; crun removes the container when `run` returns.
+unshare -m --propagation private sh -c "
+  umount /sys/fs/cgroup/unified 2>/dev/null || true
+  hyperfine --style basic -N --runs $runs --warmup 3 --export-json '$work/crun.json' \
+    -n busybox 'crun run --bundle $work/bundle-busybox bench-up-busybox' \
+    -n debian 'crun run --bundle $work/bundle-debian bench-up-debian'" >&2
+keep_results up
+
+python3 - "$work" <<'PY'
+import json, statistics, sys
+work = sys.argv[1]
+def load(name):
+    return {r["command"]: r["times"] for r in json.load(open(f"{work}/{name}.json"))["results"]}
+msb, crun = load("msb"), load("crun")
+med = statistics.median
+print("| figure | msb | crun run | goal | met |")
+print("|---|---|---|---|---|")
+for name in ["busybox", "debian"]:
+    m, c = msb[name], crun[name]
+    print(f"| warm `msb up` of `echo hi`, {name} (median; min … max) | {med(m)*1000:.1f} ms ({min(m)*1000:.1f} … {max(m)*1000:.1f}) | {med(c)*1000:.1f} ms ({min(c)*1000:.1f} … {max(c)*1000:.1f}) | ≤ 1.5× crun ({med(m)/med(c):.2f}×) | {'yes' if med(m) <= 1.5 * med(c) else 'no'} |")
+b, d = med(msb["busybox"]), med(msb["debian"])
+print(f"| busybox vs Debian, warm `msb up` | {abs(d - b) / b * 100:.0f}% apart | | within 10% | {'yes' if abs(d - b) <= 0.10 * b else 'no'} |")
+PY
