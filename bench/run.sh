@@ -23,7 +23,9 @@ bash tests/fixtures/registry.sh start >&2
 bash tests/fixtures/images.sh --debian >&2
 
 step "release build"
+build_started=$(date +%s)
 cargo build --release --locked >&2
+build_seconds=$(($(date +%s) - build_started))
 export MSB=${CARGO_TARGET_DIR:-$PWD/target}/release/msb
 
 step "validate"
@@ -37,10 +39,10 @@ bash bench/up.sh >/dev/null
 
 step "writing BENCHMARKS.md"
 elapsed=$(($(date +%s) - started))
-python3 - "$BENCH_OUT" "$elapsed" "$(git rev-parse --short HEAD)" >BENCHMARKS.md <<'PY'
+python3 - "$BENCH_OUT" "$elapsed" "$build_seconds" "$(git rev-parse --short HEAD)" >BENCHMARKS.md <<'PY'
 import json, os, platform, re, statistics, subprocess, sys, time
 
-out, elapsed, commit = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+out, elapsed, build, commit = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 
 def times(name, command=None):
     """The run times (s) of one command of a hyperfine export (the first when unnamed)."""
@@ -152,7 +154,9 @@ print()
 print(f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, msb commit `{commit}` (release build)")
 print(f"- Machine: {cpu}, {os.cpu_count()} cores, {mem_kib / 1024 / 1024:.1f} GiB RAM, {os_name}, kernel `{platform.release()}`")
 print(f"- Tools: {'; '.join(tools)}")
-print(f"- This whole run (fixtures, release build, every benchmark) took {elapsed // 60} min {elapsed % 60} s.")
+print(f"- This whole run (fixtures, release build, every benchmark) took {elapsed // 60} min {elapsed % 60} s,")
+print(f"  of which {build} s for the release build (one from scratch takes 3 to 10 minutes on this machine,")
+print("  by its load).")
 print()
 print("| figure | msb: median (min … max) | alternative, same run | goal | met | msb peak RSS |")
 print("|---|---|---|---|---|---|")

@@ -1,11 +1,12 @@
 //! Faults lose nothing. `msb` is killed (SIGKILL) at random points of a registry pull, of an
-//! unpack from local archives and of a patch build; a registry sends wrong bytes, truncated
-//! bodies, HTTP 500s or nothing at all; the store's disk fills up; two builds share layers at
-//! once. After each, `msb cache verify` finds the store intact, nothing half-made is published,
-//! `tmp/` is empty after the next run, and that next run succeeds.
+//! unpack from local archives, of a patch build and of an `up -d`; a registry sends wrong bytes,
+//! truncated bodies, HTTP 500s or nothing at all; the store's disk fills up; two builds, and two
+//! ups, share layers at once. After each, `msb cache verify` finds the store intact, nothing
+//! half-made is published, nothing is left running or mounted, `tmp/` is empty after the next
+//! run, and that next run succeeds.
 //!
 //! Kill points come from fixed-seed generators, spread over the time an undisturbed run of the
-//! same command takes; a failure names its phase, trial and delay.
+//! same command takes; a failure names its phase, seed, trial and delay.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -93,8 +94,8 @@ fn assert_clean(home: &Home, context: &str) {
     assert!(left.is_empty(), "{context}: mounts left: {left:?}");
 }
 
-/// Kills `args` at seeded random points of a pull into a fresh store each time; then the store
-/// must be intact and the same pull must succeed.
+/// Kills `msb pull` of each source in turn at seeded random points, into a fresh store each
+/// time; then the store must be intact and the same pull must succeed.
 fn kill_pulls(phase: &str, seed: u64, trials: usize, sources: &[String]) {
     let mut rng = Lcg(seed);
     let full: Vec<Duration> = sources.iter().map(|s| calibrate(|| Home::new().command(&["pull", s]))).collect();
