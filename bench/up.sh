@@ -31,7 +31,8 @@ for name in busybox debian; do
     debian) image=127.0.0.1:5000/msb-test/debian:bookworm layout=$fixtures/debian-oci:bookworm ;;
   esac
   mkdir -p "$work/$name"
-  printf '[sandbox.%s]\nimage = "%s"\ncommand = ["/bin/echo", "hi"]\n' "$name" "$image" >"$work/$name/Sandboxfile"
+  # The oci runtime, as crun is the alternative (`auto` would also probe for KVM first).
+  printf '[sandbox.%s]\nimage = "%s"\nruntime = "oci"\ncommand = ["/bin/echo", "hi"]\n' "$name" "$image" >"$work/$name/Sandboxfile"
   # Warm: pulled, built and booted once.
   "$msb" up -f "$work/$name/Sandboxfile" >/dev/null 2>&1
   umoci unpack --image "$layout" "$work/bundle-$name" >/dev/null
