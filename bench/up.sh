@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 msb=${MSB:-$PWD/target/release/msb}
 fixtures=${MSB_TEST_FIXTURES:-/tmp/msb-fixtures}
-runs=${RUNS:-30}
+runs=${RUNS:-100}
 work=$(mktemp -d /tmp/msb-bench-up.XXXXXX)
 export MSB_HOME=$work/home
 cleanup() {
@@ -40,7 +40,7 @@ for name in busybox debian; do
   mv "$work/config.json" "$work/bundle-$name/config.json"
 done
 
-hyperfine --style basic -N --runs "$runs" --warmup 3 --export-json "$work/msb.json" \
+hyperfine --style basic -N --runs "$runs" --warmup 10 --export-json "$work/msb.json" \
   -n busybox "$msb up -f $work/busybox/Sandboxfile" \
   -n debian "$msb up -f $work/debian/Sandboxfile" >&2
 for name in busybox debian; do
@@ -49,7 +49,7 @@ done
 # Each run gets its own container id; crun removes the container when `run` returns.
 unshare -m --propagation private sh -c "
   umount /sys/fs/cgroup/unified 2>/dev/null || true
-  hyperfine --style basic -N --runs $runs --warmup 3 --export-json '$work/crun.json' \
+  hyperfine --style basic -N --runs $runs --warmup 10 --export-json '$work/crun.json' \
     -n busybox 'crun run --bundle $work/bundle-busybox bench-up-busybox' \
     -n debian 'crun run --bundle $work/bundle-debian bench-up-debian'" >&2
 keep_results up
