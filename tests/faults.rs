@@ -98,7 +98,17 @@ fn assert_clean(home: &Home, context: &str) {
 /// time; then the store must be intact and the same pull must succeed.
 fn kill_pulls(phase: &str, seed: u64, trials: usize, sources: &[String]) {
     let mut rng = Lcg(seed);
-    let full: Vec<Duration> = sources.iter().map(|s| calibrate(|| Home::new().command(&["pull", s]))).collect();
+    let full: Vec<Duration> = sources
+        .iter()
+        .map(|source| {
+            let home = Home::new();
+            calibrate(|| {
+                // Each calibration pull starts from an empty store.
+                let _ = fs::remove_dir_all(home.path().join("v1"));
+                home.command(&["pull", source])
+            })
+        })
+        .collect();
     let mut killed = 0;
     for trial in 0..trials {
         let which = trial % sources.len();
