@@ -14,6 +14,7 @@ bash tests/fixtures/images.sh)
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -67,6 +68,9 @@ def main():
     finally:
         msb.send_signal(2)
         msb.wait(timeout=30)
+        # Leave nothing behind: the stopped sandbox, then the project and its store.
+        subprocess.run([os.path.abspath(MSB), "rm", "bench"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        shutil.rmtree(project, ignore_errors=True)
 
 
 def write(project, name, text):
