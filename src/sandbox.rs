@@ -93,6 +93,34 @@ pub fn start(sandboxes: &Sandboxes, config: &SandboxConfig, spec: &SandboxSpec, 
     Ok((running, choice))
 }
 
+/// What [`up_detached`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Detached {
+    /// It was running with this very boot spec: left alone.
+    UpToDate,
+    /// It was not running; the backend chosen and why.
+    Started(Choice),
+    /// It was running with another boot spec: stopped, then started again.
+    Restarted(Choice),
+}
+
+/// Starts a built sandbox in the background, as `msb up -d` and the SDK do: a sandbox already
+/// running with the same boot spec is left alone, one running with another is restarted.
+pub fn up_detached(sandboxes: &Sandboxes, manifest: &Manifest, built: &Built, agent: &Path) -> Result<Detached, SandboxError> {
+    let config = &manifest.file.sandbox[&built.name];
+    let spec = boot_spec(manifest, config, built, agent)?;
+    let restart = match sandboxes.running_digest(&spec.name)? {
+        Some(digest) if digest == spec.digest() => return Ok(Detached::UpToDate),
+        Some(_) => {
+            sandboxes.stop(&spec.name, runtime::DEFAULT_STOP_TIMEOUT)?;
+            true
+        }
+        None => false,
+    };
+    let (_, choice) = start(sandboxes, config, &spec, true)?;
+    Ok(if restart { Detached::Restarted(choice) } else { Detached::Started(choice) })
+}
+
 /// Waits until the agent of `name` answers, or its PID 1 is gone (a main command that already
 /// finished is not an error: its output is in the log).
 pub fn wait_ready(sandboxes: &Sandboxes, name: &str) -> Result<(), SandboxError> {

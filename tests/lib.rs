@@ -7,6 +7,7 @@ mod fake_registry;
 mod faults;
 mod images;
 mod publish;
+mod sdk;
 mod test;
 mod up;
 mod validate;

@@ -3,7 +3,7 @@
 //! The agent (`src/bin/msb-agent.rs`, a static executable) is bound at `/.msb/agent` in every
 //! sandbox and reads `/.msb/config.json` ([`protocol::AgentConfig`]). As PID 1 it mounts what
 //! processes expect, reaps zombies, forwards signals and runs the main command ([`init`]); or it
-//! hands PID 1 to the image's init. Either way a separate exec server process ([`server`])
+//! hands PID 1 to the image's init. Either way a separate exec server process (`server`)
 //! answers [`client`] requests on a socket: commands with streamed stdio, a PTY, signals and the
 //! exit status.
 
@@ -25,12 +25,20 @@ pub use client::{ClientError, Control, Session, exec, ping, wait_ready};
 pub use protocol::{AgentConfig, ExecRequest, Exit, InitMode, Listen, WindowSize};
 
 /// The agent binary msb binds at `/.msb/agent`: `$MSB_AGENT`, else `msb-agent` beside the
-/// running `msb`, where cargo builds (and `cargo install` puts) both.
+/// running program, where cargo builds (and `cargo install` puts) both; for programs built from
+/// `examples/` or as tests, the one in the folder above.
 pub fn installed() -> PathBuf {
     if let Some(path) = std::env::var_os(crate::env::MSB_AGENT) {
         return PathBuf::from(path);
     }
-    std::env::current_exe().map(|exe| exe.with_file_name("msb-agent")).unwrap_or_else(|_| PathBuf::from("msb-agent"))
+    let Ok(exe) = std::env::current_exe() else { return PathBuf::from("msb-agent") };
+    let beside = exe.with_file_name("msb-agent");
+    // Programs cargo builds from `examples/` (and tests, in `deps/`) sit one folder below it.
+    let above = exe.parent().filter(|dir| dir.ends_with("examples") || dir.ends_with("deps")).and_then(Path::parent);
+    match above.map(|dir| dir.join("msb-agent")) {
+        Some(above) if !beside.exists() && above.exists() => above,
+        _ => beside,
+    }
 }
 
 /// Whether the ELF executable at `path` runs without a dynamic loader, as the agent must: it is

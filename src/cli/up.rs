@@ -16,7 +16,8 @@ use crate::manifest::{
     ScriptName,
 };
 use crate::project::Project;
-use crate::runtime::{DEFAULT_STOP_TIMEOUT, Sandboxes};
+use crate::runtime::Sandboxes;
+use crate::sandbox::Detached;
 use crate::{sandbox, supervisor};
 use crate::store::{PullOptions, PullPolicy, Store};
 
@@ -168,22 +169,19 @@ fn boot(manifest: Manifest, store: &Store, names: Vec<String>, pull: PullPolicy,
     let mut said_why = false;
     for built in &built {
         let name = built.name.as_str();
-        let config = &manifest.file.sandbox[&built.name];
-        let spec = sandbox::boot_spec(&manifest, config, built, &agent)?;
-        match sandboxes.running_digest(name)? {
-            Some(digest) if digest == spec.digest() => {
+        let choice = match sandbox::up_detached(&sandboxes, &manifest, built, &agent)? {
+            Detached::UpToDate => {
                 eprintln!("{name}: running, up to date");
                 continue;
             }
-            Some(_) => {
-                eprintln!("{name}: running: restarting it");
-                sandboxes.stop(name, DEFAULT_STOP_TIMEOUT)?;
+            Detached::Started(choice) => choice,
+            Detached::Restarted(choice) => {
+                eprintln!("{name}: was running with another configuration: restarted");
+                choice
             }
-            None => {}
-        }
-        let (_, choice) = sandbox::start(&sandboxes, config, &spec, true)?;
+        };
         // `auto` says once which backend it chose and why (krun needs hardware KVM).
-        if config.runtime == Runtime::Auto && !said_why {
+        if manifest.file.sandbox[&built.name].runtime == Runtime::Auto && !said_why {
             eprintln!("runtime {}", choice.reason);
             said_why = true;
         }

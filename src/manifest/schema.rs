@@ -1,4 +1,4 @@
-//! The JSON Schema, generated from the types in [`super::model`], and its verdicts turned into
+//! The JSON Schema, generated from the types in `model`, and its verdicts turned into
 //! problems a person can act on.
 //!
 //! Raw JSON Schema errors ("is not valid under any of the schemas listed in the 'oneOf' keyword")

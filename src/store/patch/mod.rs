@@ -5,7 +5,7 @@
 //! does what the running sandbox will see: copy-up keeps an appended file's mode and owner,
 //! removing a lower path writes a whiteout, and a folder created over a removed one is opaque, so
 //! the image's old content stays hidden. What the step changed is exactly the upper folder, which
-//! becomes the layer. Every path goes through [`guest::Guest`], so the image's symlinks resolve
+//! becomes the layer. Every path goes through `guest::Guest`, so the image's symlinks resolve
 //! inside the guest and never reach the host.
 
 mod guest;
