@@ -34,6 +34,11 @@ use crate::sandbox;
 use crate::store::{PullOptions, Store};
 
 /// What runs as the sandbox's PID 1 (the Sandboxfile's `init`).
+///
+/// ```
+/// let text = msb::Sandbox::builder("w").init(msb::Init::Auto).sandboxfile();
+/// assert!(text.contains("init = \"auto\""));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Init {
     /// msb's agent (the default).
@@ -45,6 +50,13 @@ pub enum Init {
 }
 
 /// A running (or stopped) sandbox of an msb home.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), msb::Error> {
+/// let sb = msb::Sandbox::builder("w").image("alpine").create().await?;
+/// println!("{}", sb.shell("uname -a").await?.stdout);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Sandbox {
     name: String,
@@ -52,6 +64,12 @@ pub struct Sandbox {
 }
 
 /// What a command run in a sandbox printed and how it ended.
+///
+/// ```no_run
+/// # async fn demo(sb: msb::Sandbox) -> Result<(), msb::Error> {
+/// let msb::Output { stdout, stderr, status } = sb.exec("ls", ["/"]).await?;
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Output {
     pub stdout: String,
@@ -62,12 +80,22 @@ pub struct Output {
 
 impl Output {
     /// Whether the command exited with 0.
+    ///
+    /// ```
+    /// let out = msb::Output { stdout: String::new(), stderr: String::new(), status: 3 };
+    /// assert!(!out.success());
+    /// ```
     pub fn success(&self) -> bool {
         self.status == 0
     }
 }
 
 /// A sandbox being described. Every setter mirrors a key of a Sandboxfile's sandbox table.
+///
+/// ```
+/// let builder = msb::Sandbox::builder("w").image("alpine").command(["sleep", "60"]);
+/// assert_eq!(builder.sandboxfile(), "[sandbox.w]\nimage = \"alpine\"\ncommand = [\"sleep\", \"60\"]\n");
+/// ```
 #[derive(Debug, Clone)]
 pub struct SandboxBuilder {
     name: String,
@@ -81,6 +109,11 @@ pub struct SandboxBuilder {
 
 /// Patches in the order they are applied (a Sandboxfile's `[[sandbox.NAME.patch]]` list). Modes
 /// are permission bits (`0o644`); `replace` allows overwriting a path the image already has.
+///
+/// ```
+/// let text = msb::Sandbox::builder("w").patch(|p| p.mkdir("/app", None).remove("/etc/issue")).sandboxfile();
+/// assert_eq!(text.matches("[[sandbox.w.patch]]").count(), 2);
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct PatchBuilder {
     patches: Vec<Value>,
@@ -90,6 +123,11 @@ impl Sandbox {
     /// Describes a sandbox named `name` (lowercase letters, digits, `-`, `_`, `.`). Host paths
     /// (`copy_file` sources, script files, local images) are relative to the current folder, as a
     /// Sandboxfile's are relative to its own.
+    ///
+    /// ```
+    /// let builder = msb::Sandbox::builder("worker").image("alpine");
+    /// assert!(builder.manifest().is_ok());
+    /// ```
     pub fn builder(name: &str) -> SandboxBuilder {
         SandboxBuilder {
             name: name.to_owned(),
@@ -117,6 +155,13 @@ impl Sandbox {
     }
 
     /// The sandbox's name.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), msb::Error> {
+    /// let sb = msb::Sandbox::builder("worker").image("alpine").create().await?;
+    /// assert_eq!(sb.name(), "worker");
+    /// # Ok(()) }
+    /// ```
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -162,6 +207,12 @@ impl Sandbox {
     }
 
     /// Everything the sandbox's main command (or its init) has printed so far.
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: msb::Sandbox) -> Result<(), msb::Error> {
+    /// print!("{}", sb.logs().await?);
+    /// # Ok(()) }
+    /// ```
     pub async fn logs(&self) -> Result<String, Error> {
         let path = self.sandboxes.log_path(&self.name);
         let bytes = tokio::fs::read(&path).await.map_err(RuntimeError::io("read", &path))?;
@@ -169,12 +220,25 @@ impl Sandbox {
     }
 
     /// Stops it: its init's stop signal, then SIGKILL after 10 s. Its layer is kept.
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: msb::Sandbox) -> Result<(), msb::Error> {
+    /// sb.stop().await?;
+    /// sb.remove().await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn stop(&self) -> Result<(), Error> {
         let (sandboxes, name) = (self.sandboxes.clone(), self.name.clone());
         blocking(move || Ok(sandboxes.stop(&name, DEFAULT_STOP_TIMEOUT)?)).await
     }
 
     /// Removes it (killing it if it runs), its own layer included.
+    ///
+    /// ```no_run
+    /// # async fn demo(sb: msb::Sandbox) -> Result<(), msb::Error> {
+    /// sb.remove().await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn remove(self) -> Result<(), Error> {
         let (sandboxes, name) = (self.sandboxes.clone(), self.name.clone());
         blocking(move || Ok(sandboxes.remove(&name)?)).await
@@ -189,11 +253,21 @@ impl SandboxBuilder {
 
     /// The base image: a registry reference, or `oci:DIR[:TAG]`, `oci-archive:TAR`,
     /// `docker-archive:TAR`, `dir:ROOTFS`.
+    ///
+    /// ```
+    /// let text = msb::Sandbox::builder("w").image("alpine:3.20").sandboxfile();
+    /// assert!(text.contains("image = \"alpine:3.20\""), "{text}");
+    /// ```
     pub fn image(self, image: &str) -> Self {
         self.set("image", image)
     }
 
     /// What runs as PID 1.
+    ///
+    /// ```
+    /// let text = msb::Sandbox::builder("w").init(msb::Init::Path("/sbin/init".into())).sandboxfile();
+    /// assert!(text.contains("init = \"/sbin/init\""), "{text}");
+    /// ```
     pub fn init(self, init: Init) -> Self {
         let value = match init {
             Init::Agent => "agent".to_owned(),
@@ -204,43 +278,83 @@ impl SandboxBuilder {
     }
 
     /// Replaces the image's ENTRYPOINT (and drops its CMD).
+    ///
+    /// ```
+    /// let text = msb::Sandbox::builder("w").entrypoint(["/bin/sh", "-c"]).sandboxfile();
+    /// assert!(text.contains("entrypoint = [\"/bin/sh\", \"-c\"]"), "{text}");
+    /// ```
     pub fn entrypoint<I: IntoIterator<Item = S>, S: Into<String>>(self, argv: I) -> Self {
         self.set("entrypoint", strings(argv))
     }
 
     /// Replaces the image's CMD. Without `command` or `entrypoint`, the sandbox runs no main
     /// command (`command = []`) and stays up for [`Sandbox::exec`] until stopped.
+    ///
+    /// ```
+    /// let text = msb::Sandbox::builder("w").command(["serve", "--port", "80"]).sandboxfile();
+    /// assert!(text.contains("command = [\"serve\", \"--port\", \"80\"]"), "{text}");
+    /// ```
     pub fn command<I: IntoIterator<Item = S>, S: Into<String>>(self, argv: I) -> Self {
         self.set("command", strings(argv))
     }
 
     /// The working directory of the command and of [`Sandbox::exec`].
+    ///
+    /// ```
+    /// let text = msb::Sandbox::builder("w").workdir("/app").sandboxfile();
+    /// assert!(text.contains("workdir = \"/app\""), "{text}");
+    /// ```
     pub fn workdir(self, path: &str) -> Self {
         self.set("workdir", path)
     }
 
     /// An environment variable, over the image's.
+    ///
+    /// ```
+    /// let text = msb::Sandbox::builder("w").env("MODE", "dev").sandboxfile();
+    /// assert!(text.contains("[sandbox.w.env]\nMODE = \"dev\""), "{text}");
+    /// ```
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.insert(key.to_owned(), value.into());
         self
     }
 
     /// The user: `name`, `uid` or `uid:gid`.
+    ///
+    /// ```
+    /// let text = msb::Sandbox::builder("w").user("1000:1000").sandboxfile();
+    /// assert!(text.contains("user = \"1000:1000\""), "{text}");
+    /// ```
     pub fn user(self, user: &str) -> Self {
         self.set("user", user)
     }
 
     /// CPUs (a quota in whole CPUs under `oci`, vCPUs under `krun`).
+    ///
+    /// ```
+    /// let text = msb::Sandbox::builder("w").cpus(2).sandboxfile();
+    /// assert!(text.contains("cpus = 2"), "{text}");
+    /// ```
     pub fn cpus(self, cpus: u8) -> Self {
         self.set("cpus", i64::from(cpus))
     }
 
     /// A memory limit with a unit: `"512MiB"`, `"2GiB"`.
+    ///
+    /// ```
+    /// let text = msb::Sandbox::builder("w").memory("512MiB").sandboxfile();
+    /// assert!(text.contains("memory = \"512MiB\""), "{text}");
+    /// ```
     pub fn memory(self, memory: &str) -> Self {
         self.set("memory", memory)
     }
 
     /// Which backend boots it.
+    ///
+    /// ```
+    /// let text = msb::Sandbox::builder("w").runtime(msb::Runtime::Oci).sandboxfile();
+    /// assert!(text.contains("runtime = \"oci\""), "{text}");
+    /// ```
     pub fn runtime(self, runtime: Runtime) -> Self {
         let name = match runtime {
             Runtime::Auto => "auto",
@@ -252,12 +366,22 @@ impl SandboxBuilder {
 
     /// A script, callable by name (on `PATH` at `/.msb/scripts/NAME`); `#!/bin/sh` is added when
     /// the body has no shebang.
+    ///
+    /// ```
+    /// let text = msb::Sandbox::builder("w").script("greet", "echo hi").sandboxfile();
+    /// assert!(text.contains("[sandbox.w.scripts]\ngreet = \"echo hi\""), "{text}");
+    /// ```
     pub fn script(mut self, name: &str, body: &str) -> Self {
         self.scripts.insert(name.to_owned(), body.into());
         self
     }
 
     /// A script kept in a file of the project (relative to the current folder).
+    ///
+    /// ```
+    /// let text = msb::Sandbox::builder("w").script_file("serve", "scripts/serve.sh").sandboxfile();
+    /// assert!(text.contains("[sandbox.w.scripts.serve]\nfile = \"scripts/serve.sh\""), "{text}");
+    /// ```
     pub fn script_file(mut self, name: &str, path: impl AsRef<Path>) -> Self {
         let file = Table::from_iter([("file".to_owned(), Value::from(path.as_ref().to_string_lossy().into_owned()))]);
         self.scripts.insert(name.to_owned(), Value::Table(file));
@@ -265,6 +389,11 @@ impl SandboxBuilder {
     }
 
     /// Appends patches, applied in order before boot.
+    ///
+    /// ```
+    /// let text = msb::Sandbox::builder("w").patch(|p| p.remove("/etc/issue")).sandboxfile();
+    /// assert!(text.contains("[[sandbox.w.patch]]\nop = \"remove\"\npath = \"/etc/issue\""), "{text}");
+    /// ```
     pub fn patch(mut self, patches: impl FnOnce(PatchBuilder) -> PatchBuilder) -> Self {
         self.patches.extend(patches(PatchBuilder::default()).patches);
         self
@@ -272,6 +401,11 @@ impl SandboxBuilder {
 
     /// The folder host paths are relative to [default: the current folder], as a Sandboxfile's
     /// are relative to its own.
+    ///
+    /// ```
+    /// let builder = msb::Sandbox::builder("w").image("alpine").project_dir("/srv/project");
+    /// assert_eq!(builder.manifest().unwrap().dir, std::path::Path::new("/srv/project"));
+    /// ```
     pub fn project_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.dir = dir.into();
         self
@@ -279,6 +413,12 @@ impl SandboxBuilder {
 
     /// Where msb keeps images, layers and sandboxes [default: `$MSB_HOME`, else
     /// `$XDG_CACHE_HOME/msb`], as the CLI's `--home`.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), msb::Error> {
+    /// let sb = msb::Sandbox::builder("w").image("alpine").home("/var/tmp/msb").create().await?;
+    /// # Ok(()) }
+    /// ```
     pub fn home(mut self, home: impl Into<PathBuf>) -> Self {
         self.home = Some(home.into());
         self
@@ -312,6 +452,11 @@ impl SandboxBuilder {
 
     /// Validates the description as a Sandboxfile in the current folder: the same schema, checks
     /// and diagnostics.
+    ///
+    /// ```
+    /// let bad = msb::Sandbox::builder("w").image("alpine").workdir("app");
+    /// assert!(bad.manifest().is_err(), "a guest path must be absolute");
+    /// ```
     pub fn manifest(&self) -> Result<Manifest, Error> {
         // A name nobody writes: diagnostics point into the generated text, labelled with it.
         let path = self.dir.join(format!("{}.sandbox (msb SDK)", self.name));
@@ -321,6 +466,12 @@ impl SandboxBuilder {
     /// Pulls the image, builds the patch layers that are not cached, and starts the sandbox in
     /// the background; returns once its agent answers. A sandbox of the same name already running
     /// with the same description is reused; with another, it is restarted.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), msb::Error> {
+    /// let sb = msb::Sandbox::builder("w").image("alpine").create().await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn create(self) -> Result<Sandbox, Error> {
         let manifest = self.manifest()?;
         up(manifest, self.name, self.home).await
@@ -336,11 +487,21 @@ impl PatchBuilder {
     }
 
     /// Writes `content` at `path`.
+    ///
+    /// ```
+    /// let text = msb::Sandbox::builder("w").patch(|p| p.text("/etc/motd", "hi", Some(0o644), true)).sandboxfile();
+    /// assert!(text.contains("op = \"text\"\npath = \"/etc/motd\"\ncontent = \"hi\"\nmode = \"0644\"\nreplace = true"), "{text}");
+    /// ```
     pub fn text(self, path: &str, content: &str, mode: Option<u32>, replace: bool) -> Self {
         self.push("text", with_mode_replace(vec![("path", path.into()), ("content", content.into())], mode, Some(replace)))
     }
 
     /// Writes bytes at `path`.
+    ///
+    /// ```
+    /// let text = msb::Sandbox::builder("w").patch(|p| p.file("/app/blob.bin", [1u8, 2], None, false)).sandboxfile();
+    /// assert!(text.contains("op = \"file\"\npath = \"/app/blob.bin\"\ncontent = \"AQI=\""), "{text}");
+    /// ```
     pub fn file(self, path: &str, bytes: impl AsRef<[u8]>, mode: Option<u32>, replace: bool) -> Self {
         use base64::Engine as _;
         let content = base64::engine::general_purpose::STANDARD.encode(bytes);
@@ -348,31 +509,61 @@ impl PatchBuilder {
     }
 
     /// Creates a folder and its missing parents.
+    ///
+    /// ```
+    /// let text = msb::Sandbox::builder("w").patch(|p| p.mkdir("/app", Some(0o755))).sandboxfile();
+    /// assert!(text.contains("op = \"mkdir\"\npath = \"/app\"\nmode = \"0755\""), "{text}");
+    /// ```
     pub fn mkdir(self, path: &str, mode: Option<u32>) -> Self {
         self.push("mkdir", with_mode_replace(vec![("path", path.into())], mode, None))
     }
 
     /// Appends `content` to a file (created when missing).
+    ///
+    /// ```
+    /// let text = msb::Sandbox::builder("w").patch(|p| p.append("/etc/hosts", "127.0.0.1 app")).sandboxfile();
+    /// assert!(text.contains("op = \"append\"\npath = \"/etc/hosts\"\ncontent = \"127.0.0.1 app\""), "{text}");
+    /// ```
     pub fn append(self, path: &str, content: &str) -> Self {
         self.push("append", vec![("path", path.into()), ("content", content.into())])
     }
 
     /// Copies a host file (relative to the current folder) to `dst`.
+    ///
+    /// ```
+    /// let text = msb::Sandbox::builder("w").patch(|p| p.copy_file("cert.pem", "/etc/ssl/cert.pem", None, false)).sandboxfile();
+    /// assert!(text.contains("op = \"copy_file\"\nsrc = \"cert.pem\"\ndst = \"/etc/ssl/cert.pem\""), "{text}");
+    /// ```
     pub fn copy_file(self, src: &str, dst: &str, mode: Option<u32>, replace: bool) -> Self {
         self.push("copy_file", with_mode_replace(vec![("src", src.into()), ("dst", dst.into())], mode, Some(replace)))
     }
 
     /// Copies a host folder (relative to the current folder) to `dst`.
+    ///
+    /// ```
+    /// let text = msb::Sandbox::builder("w").patch(|p| p.copy_dir("site", "/srv/www", false)).sandboxfile();
+    /// assert!(text.contains("op = \"copy_dir\"\nsrc = \"site\"\ndst = \"/srv/www\""), "{text}");
+    /// ```
     pub fn copy_dir(self, src: &str, dst: &str, replace: bool) -> Self {
         self.push("copy_dir", with_mode_replace(vec![("src", src.into()), ("dst", dst.into())], None, Some(replace)))
     }
 
     /// Makes `link` a symbolic link to `target`.
+    ///
+    /// ```
+    /// let text = msb::Sandbox::builder("w").patch(|p| p.symlink("/srv/www", "/app/www", true)).sandboxfile();
+    /// assert!(text.contains("op = \"symlink\"\ntarget = \"/srv/www\"\nlink = \"/app/www\"\nreplace = true"), "{text}");
+    /// ```
     pub fn symlink(self, target: &str, link: &str, replace: bool) -> Self {
         self.push("symlink", with_mode_replace(vec![("target", target.into()), ("link", link.into())], None, Some(replace)))
     }
 
     /// Removes a path of the image (its layers are untouched: the removal is a whiteout).
+    ///
+    /// ```
+    /// let text = msb::Sandbox::builder("w").patch(|p| p.remove("/etc/issue")).sandboxfile();
+    /// assert!(text.contains("op = \"remove\"\npath = \"/etc/issue\""), "{text}");
+    /// ```
     pub fn remove(self, path: &str) -> Self {
         self.push("remove", vec![("path", path.into())])
     }
