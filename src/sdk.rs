@@ -571,7 +571,7 @@ impl PatchBuilder {
 
 /// The optional keys, written only when they differ from the Sandboxfile's defaults, so the
 /// generated file reads as a person would write it.
-fn with_mode_replace<'a>(mut fields: Vec<(&'a str, Value)>, mode: Option<u32>, replace: Option<bool>) -> Vec<(&'a str, Value)> {
+fn with_mode_replace(mut fields: Vec<(&str, Value)>, mode: Option<u32>, replace: Option<bool>) -> Vec<(&str, Value)> {
     if let Some(mode) = mode {
         fields.push(("mode", Value::from(format!("{mode:04o}"))));
     }

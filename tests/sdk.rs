@@ -110,7 +110,8 @@ fn a_builder_is_the_sandboxfile_it_writes_with_the_same_plan_keys() {
 #[test]
 fn a_bad_builder_value_gives_the_sandboxfile_s_diagnostic() {
     let test = Test::new();
-    let cases: [(&str, fn(msb::SandboxBuilder) -> msb::SandboxBuilder); 4] = [
+    type Edit = fn(msb::SandboxBuilder) -> msb::SandboxBuilder;
+    let cases: [(&str, Edit); 4] = [
         ("a relative guest path", |b| b.patch(|p| p.text("etc/motd", "x", None, false))),
         ("a mode that is not permission bits", |b| b.patch(|p| p.mkdir("/app", Some(0o17777)))),
         ("a source outside the project", |b| b.patch(|p| p.copy_file("../../etc/passwd", "/etc/x", None, false))),
