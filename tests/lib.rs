@@ -6,6 +6,7 @@ mod cache;
 mod fake_registry;
 mod faults;
 mod images;
+mod init;
 mod publish;
 mod sdk;
 mod test;
