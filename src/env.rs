@@ -9,6 +9,9 @@ pub const MSB_INSECURE_REGISTRIES: &str = "MSB_INSECURE_REGISTRIES";
 pub const MSB_KRUN_VMM: &str = "MSB_KRUN_VMM";
 /// The agent binary bound at `/.msb/agent` [default: `msb-agent` beside `msb`].
 pub const MSB_AGENT: &str = "MSB_AGENT";
+/// What msb logs to stderr, as `tracing` targets (`debug`, `msb::runtime=debug,warn`...);
+/// default `warn`. Each line carries the time since msb started.
+pub const MSB_LOG: &str = "MSB_LOG";
 /// Seconds a registry may send nothing before a request to it fails as timed out (default 60).
 pub const MSB_REGISTRY_TIMEOUT: &str = "MSB_REGISTRY_TIMEOUT";
 /// The XDG cache folder; the store defaults to `$XDG_CACHE_HOME/msb`.

@@ -118,8 +118,9 @@ impl Project<'_> {
                 if let Some(dir) = path.parent() {
                     fs::create_dir_all(dir).map_err(StoreError::io("create", dir))?;
                 }
-                self.store.write_json(&record, &path)?;
+                self.store.write_json_or_touch(&record, &path)?;
             }
+            tracing::debug!(sandbox = %name, "layers ready");
             built.push(Built { name: name.clone(), plan, image, lowers });
         }
         Ok(built)

@@ -105,6 +105,7 @@ pub enum Format {
 /// Parses the process arguments, runs the command and maps its outcome to an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging();
     // Wrapping helps on a terminal; in logs and editors' captures it only splits messages.
     let wrap = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = miette::set_hook(Box::new(move |_| Box::new(miette::MietteHandlerOpts::new().wrap_lines(wrap).build())));
@@ -115,6 +116,28 @@ pub fn main() -> ExitCode {
             render(err);
             ExitCode::from(code)
         }
+    }
+}
+
+/// Sends `tracing` events to stderr, filtered by `MSB_LOG` (default: warnings), each with the
+/// time since start: `MSB_LOG=debug` shows where a command spends its time. `Targets` rather than
+/// `EnvFilter`: it parses without compiling regular expressions, on every command's critical path.
+fn init_logging() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let given = std::env::var(crate::env::MSB_LOG).ok().filter(|v| !v.is_empty());
+    let parsed = given.as_deref().map(str::parse::<tracing_subscriber::filter::Targets>);
+    let filter = match &parsed {
+        Some(Ok(targets)) => targets.clone(),
+        _ => tracing_subscriber::filter::Targets::new().with_default(tracing::Level::WARN),
+    };
+    let format = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_timer(tracing_subscriber::fmt::time::Uptime::default())
+        .with_target(false);
+    tracing_subscriber::registry().with(format).with(filter).init();
+    if let Some(Err(err)) = parsed {
+        tracing::warn!("{} is not a log filter ({err}); showing warnings", crate::env::MSB_LOG);
     }
 }
 

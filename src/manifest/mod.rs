@@ -68,7 +68,9 @@ pub fn find(start: &Path) -> Result<PathBuf, ManifestError> {
 /// Reads and validates a Sandboxfile.
 pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
     let bytes = std::fs::read(path).map_err(|source| ManifestError::Read { path: path.to_owned(), source })?;
-    Ok(parse(path, &bytes)?)
+    let manifest = parse(path, &bytes)?;
+    tracing::debug!(path = %path.display(), "Sandboxfile read and valid");
+    Ok(manifest)
 }
 
 /// Validates the bytes of a Sandboxfile that lives at `path` (host paths resolve from its folder).

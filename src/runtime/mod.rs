@@ -150,6 +150,14 @@ impl SandboxSpec {
         let json = serde_json::to_vec(self).unwrap_or_default();
         crate::store::Digest::of(&json).to_string()
     }
+
+    /// Whether the sandbox needs cgroups of its own: for a limit, or for an init (systemd makes
+    /// its own). msb's agent needs none: the pid namespace already ends every process of the
+    /// sandbox with its PID 1, and creating and removing a cgroup in each v1 hierarchy costs a
+    /// boot several milliseconds (an RCU grace period per move into a cgroup).
+    pub fn needs_cgroups(&self) -> bool {
+        self.init != Init::Agent || self.cpus.is_some() || self.memory.is_some()
+    }
 }
 
 /// How a sandbox is started.
@@ -307,6 +315,7 @@ impl Sandboxes {
         let backend = self.backend(options.backend, Some(&options.oci_runtime.binary));
         view::prepare_dir(&dir, spec)?;
         let view = view::mount(&dir, &spec.lowers)?;
+        tracing::debug!(sandbox = %spec.name, "rootfs view mounted");
         let init = view::resolve_init(&view, &spec.init, &spec.process.argv)
             .map_err(|reason| RuntimeError::Init { name: spec.name.clone(), reason })?;
         let supervisor_lock = if options.detach {
@@ -340,6 +349,7 @@ impl Sandboxes {
                 return Err(err);
             }
         };
+        tracing::debug!(sandbox = %spec.name, pid = ?started.init.map(|p| p.pid), "PID 1 started");
         state.init = started.init;
         state.runtime_process = started.runtime_process;
         dir.write_state(&state)?;
@@ -568,6 +578,7 @@ impl Running {
         let Some(mut child) = self.child.take() else { return Ok(None) };
         let status = follow(&self.log_path(), prefix, &mut child, out)?;
         let code = exit_code(status);
+        tracing::debug!(sandbox = %self.state.name, code, "PID 1 exited");
         let _lock = lock(&self.dir, true)?;
         // `msb stop` (or Ctrl-C) from elsewhere has already stopped it and cleaned up.
         let stopped_by_another = self.dir.read_state()?.is_some_and(|state| state.stopped);
@@ -578,6 +589,7 @@ impl Running {
             return Err(err);
         }
         self.sandboxes.finish(&self.dir, &mut self.state, Some(code))?;
+        tracing::debug!(sandbox = %self.state.name, "cleaned up");
         Ok(Some(code))
     }
 

@@ -54,6 +54,11 @@ impl OciRuntime {
         self.name().starts_with("crun")
     }
 
+    /// crun can leave cgroups alone (`--cgroup-manager=disabled`); runc always makes them.
+    fn can_skip_cgroups(&self) -> bool {
+        self.name().starts_with("crun")
+    }
+
     fn command(&self, state_root: &Path) -> Command {
         let mut command = Command::new(&self.binary);
         command.arg("--root").arg(state_root);
@@ -89,13 +94,16 @@ impl OciBackend {
     }
 
     /// PID 1 from the pid file, when `state.json` missed it (msb died right after starting it).
-    /// A pid read from a file may have been recycled: it counts only if the process is in the
-    /// container's cgroup.
-    fn pid_file_init(dir: &SandboxDir, container_id: &str) -> Option<ProcessRef> {
+    /// A pid read from a file may have been recycled: it counts only for a process that started
+    /// before the runtime wrote the file (a recycled pid names a newer process). Not the
+    /// container's cgroup: a sandbox without limits has none.
+    fn pid_file_init(dir: &SandboxDir) -> Option<ProcessRef> {
         let pid = Self::read_pid(dir)?;
-        let cgroups = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-        let ours = cgroups.lines().any(|line| line.rsplit(':').next().is_some_and(|path| path.contains(container_id)));
-        if ours { ProcessRef::of(pid) } else { None }
+        let written = fs::metadata(dir.pid_file()).and_then(|m| m.modified()).ok()?;
+        let init = ProcessRef::of(pid)?;
+        // Start times count clock ticks (10 ms): a little slack for the rounding.
+        let started = init.started_at()?;
+        (started <= written + Duration::from_millis(50)).then_some(init)
     }
 
     /// Runs a short runtime command (`kill`, `delete`), returning its error output on failure.
@@ -124,7 +132,8 @@ impl Backend for OciBackend {
         let Boot { dir, spec, view, init, detach } = boot;
         let guest = GuestConfig::new(spec, init, Some(format!("{GUEST_RUN}/{AGENT_SOCKET_NAME}")), None);
         view::write_guest_config(dir, &guest)?;
-        let (config, skipped) = bundle_config(dir, spec, &self.layout)?;
+        let cgroups = spec.needs_cgroups() || !self.runtime.can_skip_cgroups();
+        let (config, skipped) = bundle_config(dir, spec, &self.layout, cgroups)?;
         warn_skipped_limits(&skipped, &self.layout);
         let config_path = dir.bundle().join("config.json");
         config.save(&config_path).map_err(|err| RuntimeError::Io {
@@ -137,7 +146,11 @@ impl Backend for OciBackend {
         let log = OpenOptions::new().append(true).create(true).open(dir.log()).map_err(RuntimeError::io("open", dir.log()))?;
         let log_err = log.try_clone().map_err(RuntimeError::io("open", dir.log()))?;
         let mut command = self.runtime.command(&self.state_root);
-        command.arg("--log").arg(dir.runtime_log()).arg("run");
+        command.arg("--log").arg(dir.runtime_log());
+        if !cgroups {
+            command.arg("--cgroup-manager=disabled");
+        }
+        command.arg("run");
         if detach {
             command.arg("--detach");
         }
@@ -175,6 +188,7 @@ impl Backend for OciBackend {
             let init = Self::read_pid(dir).and_then(ProcessRef::of);
             return Ok(Started { init, runtime_process: None, child: None });
         }
+        tracing::debug!(sandbox = %spec.name, "{} started", self.runtime.name());
         let runtime_process = ProcessRef::of(child.id() as i32);
         // crun writes the pid file once PID 1 exists: a few milliseconds.
         let pid = sys::wait_for_pid_file(&dir.pid_file(), &mut child, Duration::from_secs(30))
@@ -190,7 +204,7 @@ impl Backend for OciBackend {
     }
 
     fn stop(&self, dir: &SandboxDir, state: &State, timeout: Duration) -> Result<(), RuntimeError> {
-        let init = state.init.or_else(|| Self::pid_file_init(dir, &state.container_id));
+        let init = state.init.or_else(|| Self::pid_file_init(dir));
         if let Some(init) = init.filter(ProcessRef::is_alive) {
             if !timeout.is_zero() {
                 let asked = match state.stop_signal {
@@ -222,7 +236,7 @@ impl Backend for OciBackend {
     }
 
     fn state(&self, dir: &SandboxDir, state: &State) -> Status {
-        let init = state.init.or_else(|| Self::pid_file_init(dir, &state.container_id));
+        let init = state.init.or_else(|| Self::pid_file_init(dir));
         match init {
             Some(init) if init.is_alive() => Status::Running { init: Some(init), backend: BackendKind::Oci },
             Some(init) => Status::Stale { reason: format!("its PID 1 (host pid {}) has exited", init.pid) },
@@ -289,10 +303,14 @@ pub const CAPABILITIES: [Capability; 11] = [
 const CPU_PERIOD: u64 = 100_000;
 
 /// The bundle's `config.json` for `spec`, and the limits this host's cgroups cannot apply.
+///
+/// Without `cgroups` (crun's `--cgroup-manager=disabled`), it asks for none: no resources, no
+/// cgroups path, no cgroup filesystem mounted in the sandbox.
 pub fn bundle_config(
     dir: &SandboxDir,
     spec: &SandboxSpec,
     layout: &CgroupLayout,
+    cgroups: bool,
 ) -> Result<(Spec, Vec<Controller>), RuntimeError> {
     let invalid = |err: oci_spec::OciSpecError| RuntimeError::Invalid { name: spec.name.clone(), reason: err.to_string() };
     let (args, env, cwd, (uid, gid)) = match &spec.pid1 {
@@ -380,21 +398,21 @@ pub fn bundle_config(
             skipped.push(Controller::Memory);
         }
     }
-    let linux = LinuxBuilder::default()
+    let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
-        .resources(resources.build().map_err(invalid)?)
-        .cgroups_path(PathBuf::from(format!("/{}", dir.container_id())))
         .masked_paths(get_default_maskedpaths())
-        .readonly_paths(get_default_readonly_paths())
-        .build()
-        .map_err(invalid)?;
+        .readonly_paths(get_default_readonly_paths());
+    if cgroups {
+        linux = linux.resources(resources.build().map_err(invalid)?).cgroups_path(PathBuf::from(format!("/{}", dir.container_id())));
+    }
+    let linux = linux.build().map_err(invalid)?;
 
     let config = SpecBuilder::default()
         .version("1.0.2")
         .hostname(spec.name.clone())
         .root(RootBuilder::default().path(dir.rootfs()).readonly(false).build().map_err(invalid)?)
         .process(process)
-        .mounts(mounts(dir, spec).map_err(invalid)?)
+        .mounts(mounts(dir, spec, cgroups).map_err(invalid)?)
         .linux(linux)
         .build()
         .map_err(invalid)?;
@@ -408,7 +426,7 @@ fn numeric_user(user: Option<&str>) -> Option<(u32, u32)> {
     Some((uid.parse().ok()?, gid.parse().ok()?))
 }
 
-fn mounts(dir: &SandboxDir, spec: &SandboxSpec) -> Result<Vec<Mount>, oci_spec::OciSpecError> {
+fn mounts(dir: &SandboxDir, spec: &SandboxSpec, cgroups: bool) -> Result<Vec<Mount>, oci_spec::OciSpecError> {
     let mount = |destination: &str, typ: &str, source: &Path, options: &[&str]| {
         MountBuilder::default()
             .destination(destination)
@@ -425,12 +443,16 @@ fn mounts(dir: &SandboxDir, spec: &SandboxSpec) -> Result<Vec<Mount>, oci_spec::
         mount("/dev/shm", "tmpfs", Path::new("shm"), &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"])?,
         fs("/dev/mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?,
         fs("/sys", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?,
+    ];
+    if cgroups {
         // Read-write: systemd creates its own cgroups (confined by the cgroup namespace).
-        fs("/sys/fs/cgroup", "cgroup", &["nosuid", "noexec", "nodev", "relatime", "rw"])?,
+        mounts.push(fs("/sys/fs/cgroup", "cgroup", &["nosuid", "noexec", "nodev", "relatime", "rw"])?);
+    }
+    mounts.extend([
         fs("/run", "tmpfs", &["nosuid", "nodev", "mode=755"])?,
         fs("/run/lock", "tmpfs", &["nosuid", "nodev", "noexec", "mode=1777", "size=5m"])?,
         fs("/tmp", "tmpfs", &["nosuid", "nodev", "mode=1777"])?,
-    ];
+    ]);
     if let Pid1::Agent { binary } = &spec.pid1 {
         mounts.push(mount(GUEST_AGENT, "bind", binary, &["bind", "ro", "nosuid", "nodev"])?);
     }
@@ -467,7 +489,7 @@ mod tests {
     #[test]
     fn bundle_runs_the_agent_as_pid_1_in_its_own_namespaces() {
         let dir = SandboxDir::new(Path::new("/home/v1"), "worker");
-        let (config, skipped) = bundle_config(&dir, &spec(Pid1::Agent { binary: "/opt/msb-agent".into() }), &hybrid()).expect("config");
+        let (config, skipped) = bundle_config(&dir, &spec(Pid1::Agent { binary: "/opt/msb-agent".into() }), &hybrid(), true).expect("config");
         assert!(skipped.is_empty());
         let json = serde_json::to_value(&config).expect("json");
         assert_eq!(json["process"]["args"], serde_json::json!(["/.msb/agent"]));
@@ -490,7 +512,7 @@ mod tests {
     #[test]
     fn bundle_mounts_what_an_init_needs_and_msb_files() {
         let dir = SandboxDir::new(Path::new("/home/v1"), "worker");
-        let (config, _) = bundle_config(&dir, &spec(Pid1::Agent { binary: "/opt/msb-agent".into() }), &hybrid()).expect("config");
+        let (config, _) = bundle_config(&dir, &spec(Pid1::Agent { binary: "/opt/msb-agent".into() }), &hybrid(), true).expect("config");
         let mounts = config.mounts().as_ref().expect("mounts");
         let find = |dest: &str| mounts.iter().find(|m| m.destination() == Path::new(dest)).unwrap_or_else(|| panic!("no mount at {dest}"));
         let options = |dest: &str| find(dest).options().clone().unwrap_or_default();
@@ -511,16 +533,39 @@ mod tests {
     #[test]
     fn bundle_limits_follow_the_cgroup_layout() {
         let dir = SandboxDir::new(Path::new("/home/v1"), "worker");
-        let (config, skipped) = bundle_config(&dir, &spec(Pid1::Command), &hybrid()).expect("config");
+        let (config, skipped) = bundle_config(&dir, &spec(Pid1::Command), &hybrid(), true).expect("config");
         assert!(skipped.is_empty());
         let json = serde_json::to_value(&config).expect("json");
         assert_eq!(json["linux"]["resources"]["cpu"], serde_json::json!({"quota": 200000, "period": 100000}));
         assert_eq!(json["linux"]["resources"]["memory"]["limit"], 512 << 20);
 
-        let (config, skipped) = bundle_config(&dir, &spec(Pid1::Command), &CgroupLayout::None).expect("config");
+        let (config, skipped) = bundle_config(&dir, &spec(Pid1::Command), &CgroupLayout::None, true).expect("config");
         assert_eq!(skipped, [Controller::Cpu, Controller::Memory]);
         let json = serde_json::to_value(&config).expect("json");
         assert!(json["linux"]["resources"].get("cpu").is_none() && json["linux"]["resources"].get("memory").is_none());
+    }
+
+    #[test]
+    fn bundle_without_cgroups_asks_for_none() {
+        let dir = SandboxDir::new(Path::new("/home/v1"), "worker");
+        let mut sandbox = spec(Pid1::Agent { binary: "/opt/msb-agent".into() });
+        (sandbox.cpus, sandbox.memory) = (None, None);
+        assert!(!sandbox.needs_cgroups(), "the agent without limits needs no cgroup");
+        let (config, _) = bundle_config(&dir, &sandbox, &hybrid(), false).expect("config");
+        let json = serde_json::to_value(&config).expect("json");
+        let linux = &json["linux"];
+        assert!(linux.get("cgroupsPath").is_none(), "{linux}");
+        // oci-spec's builder leaves an empty `resources` (crun ignores it without cgroups).
+        assert!(linux["resources"].get("cpu").is_none() && linux["resources"].get("memory").is_none(), "{linux}");
+        assert_eq!(linux["resources"]["devices"].as_array().map_or(0, Vec::len), 0, "{linux}");
+        let mounts = config.mounts().as_ref().expect("mounts");
+        assert!(mounts.iter().all(|m| m.destination() != Path::new("/sys/fs/cgroup")), "no cgroup filesystem to write to");
+        assert!(mounts.iter().any(|m| m.destination() == Path::new("/sys")));
+
+        for (init, cpus, memory) in [(Init::Auto, None, None), (Init::Agent, Some(1), None), (Init::Agent, None, Some(1 << 30))] {
+            (sandbox.init, sandbox.cpus, sandbox.memory) = (init.clone(), cpus, memory);
+            assert!(sandbox.needs_cgroups(), "{init:?} {cpus:?} {memory:?}");
+        }
     }
 
     #[test]
@@ -528,7 +573,7 @@ mod tests {
         let dir = SandboxDir::new(Path::new("/home/v1"), "worker");
         let mut sandbox = spec(Pid1::Command);
         sandbox.network = Network::Host;
-        let (config, _) = bundle_config(&dir, &sandbox, &hybrid()).expect("config");
+        let (config, _) = bundle_config(&dir, &sandbox, &hybrid(), true).expect("config");
         let json = serde_json::to_value(&config).expect("json");
         assert_eq!(json["process"]["args"], serde_json::json!(["/bin/echo", "hi"]));
         assert_eq!(json["process"]["cwd"], "/app");
@@ -540,7 +585,7 @@ mod tests {
         assert!(config.mounts().as_ref().expect("mounts").iter().all(|m| m.destination() != Path::new("/.msb/agent")));
 
         sandbox.process.user = Some("app".into());
-        let err = bundle_config(&dir, &sandbox, &hybrid()).unwrap_err();
+        let err = bundle_config(&dir, &sandbox, &hybrid(), true).unwrap_err();
         assert!(err.to_string().contains("must be numeric"), "{err}");
     }
 }

@@ -299,6 +299,20 @@ impl Store {
         tmp.rename_to(dest)
     }
 
+    /// [`Store::write_json`], unless `dest` already holds exactly this value: then only its
+    /// modification time (when it was last used, for `cache gc`) moves to now. Every warm `msb up`
+    /// records its plan; rewriting it durably cost two fsyncs on the boot's critical path.
+    pub(crate) fn write_json_or_touch<T: serde::Serialize>(&self, value: &T, dest: &Path) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec_pretty(value).map_err(|err| StoreError::Damaged { path: dest.to_owned(), reason: err.to_string() })?;
+        if fs::read(dest).is_ok_and(|old| old == bytes) {
+            let touched = File::options().write(true).open(dest).and_then(|file| file.set_modified(std::time::SystemTime::now()));
+            if touched.is_ok() {
+                return Ok(());
+            }
+        }
+        self.write_json(value, dest)
+    }
+
     /// Records an image and points `names` at it (chosen from the index `index_digest`, if any).
     pub(crate) fn save(&self, record: &ImageRecord, names: &[String], index_digest: Option<&Digest>) -> Result<(), StoreError> {
         {
@@ -433,6 +447,27 @@ mod tests {
         drop(live);
         let left: Vec<_> = fs::read_dir(store.root().join("tmp")).expect("read").collect();
         assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn an_unchanged_record_is_touched_not_rewritten() {
+        let home = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(Some(home.path())).expect("open");
+        let path = store.root().join("plans/p.json");
+        fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        let modified = |path: &Path| fs::metadata(path).and_then(|m| m.modified()).expect("mtime");
+        let long_ago = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+
+        store.write_json_or_touch(&serde_json::json!({"steps": [1]}), &path).expect("write");
+        let inode = std::os::unix::fs::MetadataExt::ino(&fs::metadata(&path).expect("meta"));
+        File::options().write(true).open(&path).and_then(|f| f.set_modified(long_ago)).expect("age it");
+        store.write_json_or_touch(&serde_json::json!({"steps": [1]}), &path).expect("touch");
+        assert!(modified(&path) > long_ago, "its last use moved to now");
+        assert_eq!(std::os::unix::fs::MetadataExt::ino(&fs::metadata(&path).expect("meta")), inode, "same file, not replaced");
+
+        store.write_json_or_touch(&serde_json::json!({"steps": [2]}), &path).expect("rewrite");
+        let json: serde_json::Value = serde_json::from_slice(&fs::read(&path).expect("read")).expect("json");
+        assert_eq!(json["steps"][0], 2);
     }
 
     #[test]

@@ -39,9 +39,9 @@ pub fn mount(lowers: &[&Path], upper: Option<Upper<'_>>) -> io::Result<OwnedFd> 
         Some(Upper { upper, work }) => {
             fsconfig_set_string(&fs, "upperdir", upper)?;
             fsconfig_set_string(&fs, "workdir", work)?;
-            MountAttrFlags::empty()
+            MountAttrFlags::MOUNT_ATTR_NODEV
         }
-        None => MountAttrFlags::MOUNT_ATTR_RDONLY,
+        None => MountAttrFlags::MOUNT_ATTR_RDONLY | MountAttrFlags::MOUNT_ATTR_NODEV,
     };
     fsconfig_create(&fs)?;
     let mount = fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attributes)?;
