@@ -144,7 +144,7 @@ impl Supervisor<'_> {
                     if self.settle(inbox, &set) {
                         return Ok(130);
                     }
-                    match crate::manifest::load(&manifest.path) {
+                    match crate::manifest::load_remembered(&manifest.path, self.store) {
                         Ok(edited) => {
                             manifest = edited;
                             if let Err(err) = self.apply(&manifest) {

@@ -88,8 +88,9 @@ pub struct ProjectArgs {
 impl ProjectArgs {
     /// Loads the Sandboxfile and opens the store.
     fn open(&self, home: Option<PathBuf>) -> Result<(crate::manifest::Manifest, crate::store::Store), Error> {
-        let manifest = crate::manifest::load(&sandboxfile_path(self.file.clone())?)?;
+        let path = sandboxfile_path(self.file.clone())?;
         let store = crate::store::Store::open(home.as_deref())?;
+        let manifest = crate::manifest::load_remembered(&path, &store)?;
         Ok((manifest, store))
     }
 }

@@ -65,16 +65,40 @@ pub fn find(start: &Path) -> Result<PathBuf, ManifestError> {
         .ok_or_else(|| ManifestError::NotFound { start: start.to_owned() })
 }
 
+/// Remembers the documents the JSON Schema accepted, by a key over the schema and the document,
+/// so that loading an unchanged Sandboxfile again skips compiling the schema (about 2 ms, most
+/// of what a warm `msb up` spends before it boots). msb's own checks, which look at host files,
+/// run every time. The store keeps them (`Store` implements this).
+pub trait Verdicts {
+    /// Whether the schema accepted the document with this key (hex digits only) before.
+    fn accepted(&self, key: &str) -> bool;
+    /// Records that it did; failing to is not an error (the next load validates again).
+    fn remember(&self, key: &str);
+}
+
 /// Reads and validates a Sandboxfile.
 pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
+    read_and_parse(path, None)
+}
+
+/// [`load`], skipping the schema for a document `verdicts` says it accepted before.
+pub fn load_remembered(path: &Path, verdicts: &dyn Verdicts) -> Result<Manifest, ManifestError> {
+    read_and_parse(path, Some(verdicts))
+}
+
+fn read_and_parse(path: &Path, verdicts: Option<&dyn Verdicts>) -> Result<Manifest, ManifestError> {
     let bytes = std::fs::read(path).map_err(|source| ManifestError::Read { path: path.to_owned(), source })?;
-    let manifest = parse(path, &bytes)?;
+    let manifest = parse_with(path, &bytes, verdicts)?;
     tracing::debug!(path = %path.display(), "Sandboxfile read and valid");
     Ok(manifest)
 }
 
 /// Validates the bytes of a Sandboxfile that lives at `path` (host paths resolve from its folder).
 pub fn parse(path: &Path, bytes: &[u8]) -> Result<Manifest, Invalid> {
+    parse_with(path, bytes, None)
+}
+
+fn parse_with(path: &Path, bytes: &[u8], verdicts: Option<&dyn Verdicts>) -> Result<Manifest, Invalid> {
     let dir = path.parent().map_or_else(|| PathBuf::from("."), Path::to_owned);
     let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
     let text: Arc<str> = String::from_utf8_lossy(bytes).into();
@@ -93,7 +117,15 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Manifest, Invalid> {
     })?;
 
     let (json, spans) = source::to_json(&document);
-    let mut problems = schema::validate(&json, &spans);
+    let remembered = verdicts.map(|verdicts| (verdicts, schema::document_key(&json)));
+    let known = remembered.as_ref().is_some_and(|(verdicts, key)| verdicts.accepted(key));
+    let mut problems = if known { Vec::new() } else { schema::validate(&json, &spans) };
+    if let Some((verdicts, key)) = &remembered
+        && !known
+        && problems.is_empty()
+    {
+        verdicts.remember(key);
+    }
     let checks = check::check(&json, &spans, &dir);
     // Where the schema and a check refuse the same value, the check knows why in more words; the
     // problem stays a schema problem so that the schema's verdict is still what is reported.
@@ -145,6 +177,60 @@ mod tests {
         "init = \"auto\"\n", "\"\" = \"\"\n", "a = { file = \"\" }\n", "ignore = [1]\n", "x = 1.5e999\n",
         "env = { \"~/\" = 1 }\n", "patch = [[]]\n", "sandbox = 0\n", "\u{0}", "\"\n", "[", "\u{feff}",
     ];
+
+    /// Verdicts kept in memory, counting what is asked.
+    #[derive(Default)]
+    struct Remembered {
+        keys: std::cell::RefCell<Vec<String>>,
+        /// Claims every document was accepted before.
+        trusting: bool,
+    }
+
+    impl Verdicts for Remembered {
+        fn accepted(&self, key: &str) -> bool {
+            self.trusting || self.keys.borrow().iter().any(|k| k == key)
+        }
+        fn remember(&self, key: &str) {
+            self.keys.borrow_mut().push(key.to_owned());
+        }
+    }
+
+    #[test]
+    fn the_schema_verdict_is_remembered_only_for_accepted_documents() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("Sandboxfile");
+        let verdicts = Remembered::default();
+        let write = |text: &str| std::fs::write(&path, text).expect("write");
+
+        write("[sandbox.w]\nimage = \"alpine\"\n");
+        load_remembered(&path, &verdicts).expect("valid");
+        load_remembered(&path, &verdicts).expect("still valid");
+        assert_eq!(verdicts.keys.borrow().len(), 1, "remembered once, then found");
+
+        // Refused by the schema (`replce`): nothing remembered, the same diagnostic as `load`.
+        write("[sandbox.w]\nimage = \"alpine\"\n[[sandbox.w.patch]]\nop = \"mkdir\"\npath = \"/a\"\nreplce = true\n");
+        let remembered = load_remembered(&path, &verdicts).unwrap_err().to_string();
+        assert_eq!(remembered, load(&path).unwrap_err().to_string());
+        assert_eq!(verdicts.keys.borrow().len(), 1);
+
+        // A different document is a different key, even when both are valid.
+        write("[sandbox.w]\nimage = \"alpine:3\"\n");
+        load_remembered(&path, &verdicts).expect("valid");
+        assert_eq!(verdicts.keys.borrow().len(), 2);
+        assert_ne!(verdicts.keys.borrow()[0], verdicts.keys.borrow()[1]);
+    }
+
+    #[test]
+    fn a_remembered_verdict_skips_only_the_schema() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("Sandboxfile");
+        // The schema accepts this; msb's check finds the host file missing, verdict or not.
+        std::fs::write(&path, "[sandbox.w]\nimage = \"alpine\"\n[[sandbox.w.patch]]\nop = \"copy_file\"\nsrc = \"missing.pem\"\ndst = \"/etc/x\"\n").expect("write");
+        let trusting = Remembered { trusting: true, ..Remembered::default() };
+        let err = load_remembered(&path, &trusting).unwrap_err();
+        let ManifestError::Invalid(invalid) = err else { panic!("{err}") };
+        assert!(invalid.problems().iter().any(|p| p.stage == Stage::Check), "{:?}", invalid.problems());
+    }
 
     proptest! {
         #[test]

@@ -59,6 +59,21 @@ pub fn schema_json() -> String {
     text
 }
 
+/// The schema as committed, which a test keeps equal to the generated one.
+const COMMITTED: &str = include_str!("../../schema/sandboxfile.schema.json");
+
+/// Names a document together with what judges it (the schema and this msb's validator): equal
+/// keys get equal verdicts. Hex digits.
+pub(super) fn document_key(document: &Value) -> String {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    for part in [COMMITTED.as_bytes(), env!("CARGO_PKG_VERSION").as_bytes(), &serde_json::to_vec(document).unwrap_or_default()] {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    hex::encode(hasher.finalize())
+}
+
 /// Validates a document with the schema and explains each error.
 pub(super) fn validate(instance: &Value, spans: &Spans) -> Vec<Problem> {
     let root = schema();

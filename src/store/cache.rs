@@ -135,6 +135,8 @@ pub fn collect(store: &Store, keep_for: Option<Duration>, in_use: &[PathBuf]) ->
             }
         }
     }
+    // Verdicts are recomputed at the next load; emptying them keeps the folder from growing.
+    let _ = fs::remove_dir_all(store.root().join(super::VERDICTS));
     let mut removed = Vec::new();
     for entry in list(store)? {
         if keep.contains(&entry.digest.to_string()) {

@@ -52,6 +52,9 @@ pub use record::{ImageRecord, LayerRecord, RefRecord, RuntimeConfig};
 const FORMAT: &str = "v1";
 
 /// A handle on the store's folder. Cheap to clone; holds no open file.
+/// The folder of the schema's remembered verdicts (see [`Store`]'s `Verdicts`).
+pub(crate) const VERDICTS: &str = "verdicts";
+
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
@@ -94,6 +97,11 @@ impl Store {
 
     fn ref_path(&self, name: &str) -> PathBuf {
         self.root.join("refs").join(format!("{}.json", Digest::of(name.as_bytes()).hex()))
+    }
+
+    /// Where the schema's verdict with this key is kept; `None` for a key that is not a file name.
+    fn verdict_path(&self, key: &str) -> Option<PathBuf> {
+        (!key.is_empty() && key.bytes().all(|b| b.is_ascii_hexdigit())).then(|| self.root.join(VERDICTS).join(key))
     }
 
     /// The lock file of an entry, `kind` being `layer`, `blob`, `image` or `ref`.
@@ -424,6 +432,20 @@ fn default_home() -> Option<PathBuf> {
         return Some(cache.join("msb"));
     }
     var(crate::env::HOME).map(|home| home.join(".cache/msb"))
+}
+
+/// The Sandboxfiles the schema accepted: one empty file per document key under `verdicts/`. A
+/// cache of answers that are cheap to recompute: `cache gc` and `prune` empty it.
+impl crate::manifest::Verdicts for Store {
+    fn accepted(&self, key: &str) -> bool {
+        self.verdict_path(key).is_some_and(|path| path.exists())
+    }
+
+    fn remember(&self, key: &str) {
+        let Some(path) = self.verdict_path(key) else { return };
+        // Creating an empty file is atomic: a reader sees it or not, never half of it.
+        let _ = fs::create_dir_all(self.root.join(VERDICTS)).and_then(|()| File::create(&path));
+    }
 }
 
 #[cfg(test)]
