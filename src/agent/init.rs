@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{SigSet, Signal as NixSignal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
+use rustix::event::{PollFd, PollFlags, poll};
 use rustix::io::Errno;
 use rustix::process::{Pid, Signal, WaitOptions, WaitStatus};
 
@@ -231,8 +232,14 @@ fn exit_code(status: WaitStatus) -> i32 {
 }
 
 /// PID 1 with `init = agent`: reaps every process that ends up its child, forwards signals to
-/// the main command, restarts the exec server if it dies, and exits with the main command's
-/// code. Without a main command it serves exec until SIGTERM, SIGINT or SIGQUIT, then exits 0.
+/// the main command, starts the exec server when the first exec connects (and again if it dies),
+/// and exits with the main command's code. Without a main command it serves exec until SIGTERM,
+/// SIGINT or SIGQUIT, then exits 0.
+///
+/// The server is started on demand: a sandbox nobody execs into (`msb up` of a command that
+/// finishes) never pays for it, and PID 1 is not held in a spawn of it (about a millisecond)
+/// while the main command may already be waiting to be reaped. A connection waits in the
+/// socket's backlog meanwhile.
 ///
 /// Signals are blocked and read from a signalfd: one thread, no handler, nothing lost (a
 /// namespace's PID 1 only gets the signals it handles or blocks).
@@ -246,20 +253,14 @@ fn supervise(config: &AgentConfig, config_path: &Path, listener: OwnedFd) -> ! {
     }
     let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC)
         .unwrap_or_else(|err| fail(EXIT_SETUP, format!("cannot open a signalfd: {err}")));
-    let start = |config_path| {
-        start_server(config_path, &listener)
-            .map_err(|err| eprintln!("msb-agent: cannot start the exec server: {err}"))
-            .ok()
-    };
-    // The main command first: starting the server (a fork and an exec of this binary) then
-    // overlaps with it instead of delaying its first output. Execs wait on the bound socket.
     let main = if config.argv.is_empty() {
         None
     } else {
         Some(start_main(config).unwrap_or_else(|err| fail(err.exit_code(), err)))
     };
-    let mut server = start(config_path);
-    let mut server_started = Instant::now();
+    let mut server: Option<Pid> = None;
+    // When the server last started; one that dies within a second waits that long to restart.
+    let mut server_started: Option<Instant> = None;
     loop {
         loop {
             // `wait`, not `waitpid(None)`: that is pid 0, this process group only.
@@ -267,17 +268,35 @@ fn supervise(config: &AgentConfig, config_path: &Path, listener: OwnedFd) -> ! {
                 Ok(Some((pid, status))) if Some(pid) == main => std::process::exit(exit_code(status)),
                 Ok(Some((pid, status))) if Some(pid) == server => {
                     eprintln!("msb-agent: the exec server exited (status {}); restarting it", exit_code(status));
-                    if server_started.elapsed() < Duration::from_secs(1) {
-                        thread::sleep(Duration::from_secs(1));
-                    }
-                    server = start(config_path);
-                    server_started = Instant::now();
+                    server = None;
                 }
                 Ok(Some(_)) => {}
                 Err(Errno::INTR) => {}
                 // No child has exited (or none is left).
                 Ok(None) | Err(_) => break,
             }
+        }
+        let mut fds = vec![PollFd::new(&signals, PollFlags::IN)];
+        if server.is_none() {
+            fds.push(PollFd::new(&listener, PollFlags::IN));
+        }
+        match poll(&mut fds, None) {
+            Ok(_) | Err(Errno::INTR) => {}
+            Err(err) => {
+                eprintln!("msb-agent: waiting for signals and connections: {err}");
+                thread::sleep(Duration::from_millis(100));
+            }
+        }
+        let (signalled, connected) = (!fds[0].revents().is_empty(), fds.get(1).is_some_and(|fd| !fd.revents().is_empty()));
+        if connected {
+            if server_started.is_some_and(|at| at.elapsed() < Duration::from_secs(1)) {
+                thread::sleep(Duration::from_secs(1));
+            }
+            server = start_server(config_path, &listener).map_err(|err| eprintln!("msb-agent: cannot start the exec server: {err}")).ok();
+            server_started = Some(Instant::now());
+        }
+        if !signalled {
+            continue;
         }
         match signals.read_signal() {
             Ok(Some(info)) => {

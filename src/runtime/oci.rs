@@ -76,16 +76,22 @@ impl OciRuntime {
 pub struct OciBackend {
     runtime: OciRuntime,
     state_root: PathBuf,
-    layout: CgroupLayout,
+    /// Read when a boot first needs it: stopping or judging a sandbox does not.
+    layout: OnceLock<CgroupLayout>,
 }
 
 impl OciBackend {
     /// `state_root` is the runtime's `--root` (`Sandboxes::oci_state_root`).
     pub fn new(runtime: OciRuntime, state_root: PathBuf) -> OciBackend {
-        let layout = CgroupLayout::detect();
-        static SAID: OnceLock<()> = OnceLock::new();
-        SAID.get_or_init(|| tracing::info!("{layout}"));
-        OciBackend { runtime, state_root, layout }
+        OciBackend { runtime, state_root, layout: OnceLock::new() }
+    }
+
+    fn layout(&self) -> &CgroupLayout {
+        self.layout.get_or_init(|| {
+            let layout = CgroupLayout::detect();
+            tracing::info!("{layout}");
+            layout
+        })
     }
 
     /// The pid crun wrote to the pid file, once it has.
@@ -133,14 +139,12 @@ impl Backend for OciBackend {
         let guest = GuestConfig::new(spec, init, Some(format!("{GUEST_RUN}/{AGENT_SOCKET_NAME}")), None);
         view::write_guest_config(dir, &guest)?;
         let cgroups = spec.needs_cgroups() || !self.runtime.can_skip_cgroups();
-        let (config, skipped) = bundle_config(dir, spec, &self.layout, cgroups)?;
-        warn_skipped_limits(&skipped, &self.layout);
+        let (config, skipped) = bundle_config(dir, spec, self.layout(), cgroups)?;
+        warn_skipped_limits(&skipped, self.layout());
         let config_path = dir.bundle().join("config.json");
-        config.save(&config_path).map_err(|err| RuntimeError::Io {
-            op: "write",
-            path: config_path.clone(),
-            cause: io::Error::other(err.to_string()),
-        })?;
+        let bytes = serde_json::to_vec_pretty(&config)
+            .map_err(|err| RuntimeError::Io { op: "encode", path: config_path.clone(), cause: io::Error::other(err) })?;
+        super::state::write_if_changed(&config_path, &bytes)?;
         fs::create_dir_all(&self.state_root).map_err(RuntimeError::io("create", &self.state_root))?;
 
         let log = OpenOptions::new().append(true).create(true).open(dir.log()).map_err(RuntimeError::io("open", dir.log()))?;
@@ -167,7 +171,7 @@ impl Backend for OciBackend {
             // Its own process group: a Ctrl-C at msb's terminal reaches msb alone, which stops the
             // sandbox in order instead of leaving crun half-killed.
             .process_group(0);
-        let hide = if self.runtime.refuses_hybrid_cgroups() { self.layout.mount_to_hide_from_crun() } else { None };
+        let hide = if self.runtime.refuses_hybrid_cgroups() { self.layout().mount_to_hide_from_crun() } else { None };
         let rootfs = dir.rootfs();
         let namespace = Namespace { hide, attach: Some((view, &rootfs)), binds: Vec::new() };
         let mut child = sys::spawn_in_private_namespace(namespace, command).map_err(|err| match err.kind() {

@@ -215,18 +215,62 @@ pub enum Status {
 }
 
 /// Removes every entry of `dir` (the folder stays); a missing folder is created.
+///
+/// The folder itself stays: removing and making it again costs two more journaled metadata
+/// operations on every boot, for a folder that is usually empty already.
 pub(crate) fn empty_dir(dir: &Path) -> Result<(), RuntimeError> {
-    match fs::remove_dir_all(dir) {
-        Ok(()) => {}
-        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-        Err(cause) => return Err(RuntimeError::Io { op: "remove", path: dir.to_owned(), cause }),
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return fs::create_dir_all(dir).map_err(RuntimeError::io("create", dir)),
+        Err(cause) => return Err(RuntimeError::Io { op: "read", path: dir.to_owned(), cause }),
+    };
+    for entry in entries {
+        let entry = entry.map_err(RuntimeError::io("read", dir))?;
+        let path = entry.path();
+        // `file_type` does not follow symlinks: a link to a folder is removed, not its target.
+        let removed = match entry.file_type() {
+            Ok(kind) if kind.is_dir() => fs::remove_dir_all(&path),
+            _ => fs::remove_file(&path),
+        };
+        match removed {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(cause) => return Err(RuntimeError::Io { op: "remove", path, cause }),
+        }
     }
-    fs::create_dir_all(dir).map_err(RuntimeError::io("create", dir))
+    Ok(())
+}
+
+/// Writes `bytes` to `path` unless it holds them already (a boot rewrites the same configuration
+/// files and scripts each time; an unchanged file is then only read). `true` when it wrote.
+pub(crate) fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<bool, RuntimeError> {
+    if fs::read(path).is_ok_and(|old| old == bytes) {
+        return Ok(false);
+    }
+    fs::write(path, bytes).map_err(RuntimeError::io("write", path))?;
+    Ok(true)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn emptying_a_folder_keeps_it_and_does_not_follow_links() {
+        let home = tempfile::tempdir().expect("tempdir");
+        let (dir, outside) = (home.path().join("run"), home.path().join("outside"));
+        fs::create_dir_all(dir.join("sub/deeper")).expect("mkdir");
+        fs::create_dir(&outside).expect("mkdir");
+        fs::write(outside.join("kept"), "x").expect("write");
+        fs::write(dir.join("agent.sock"), "").expect("write");
+        std::os::unix::fs::symlink(&outside, dir.join("link")).expect("symlink");
+        empty_dir(&dir).expect("empty");
+        assert!(dir.is_dir());
+        assert_eq!(fs::read_dir(&dir).expect("read").count(), 0);
+        assert!(outside.join("kept").exists(), "a link's target is not the folder's content");
+        empty_dir(&home.path().join("new")).expect("create");
+        assert!(home.path().join("new").is_dir());
+    }
 
     #[test]
     fn state_round_trips_and_refuses_unknown_keys() {

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{Mode, OFlags, ResolveFlags, openat2, readlinkat};
 use serde::Serialize;
 
-use super::state::{SandboxDir, StopSignal, empty_dir};
+use super::state::{SandboxDir, StopSignal, empty_dir, write_if_changed};
 use crate::agent::protocol::{AgentConfig, InitMode, Listen};
 use super::{Network, RuntimeError, SandboxSpec};
 use crate::manifest::Init;
@@ -60,21 +60,41 @@ pub(crate) fn prepare_dir(dir: &SandboxDir, spec: &SandboxSpec) -> Result<(), Ru
         empty_dir(&dir.work())?;
         fs::write(dir.lowers_file(), &lowers_json).map_err(RuntimeError::io("write", dir.lowers_file()))?;
     }
-    for path in [dir.upper(), dir.work(), dir.rootfs(), dir.bundle()] {
+    for path in [dir.upper(), dir.work(), dir.rootfs(), dir.bundle(), dir.scripts()] {
         fs::create_dir_all(&path).map_err(RuntimeError::io("create", &path))?;
     }
     empty_dir(&dir.run_dir())?;
-    empty_dir(&dir.scripts())?;
-    for (name, body) in &spec.scripts {
+    sync_scripts(dir, &spec.scripts)?;
+    for log in [dir.log(), dir.runtime_log()] {
+        fs::write(&log, b"").map_err(RuntimeError::io("create", &log))?;
+    }
+    Ok(())
+}
+
+/// Makes `scripts/` hold exactly `scripts`, executable, leaving unchanged ones as they are.
+fn sync_scripts(dir: &SandboxDir, scripts: &[(String, Vec<u8>)]) -> Result<(), RuntimeError> {
+    let folder = dir.scripts();
+    for (name, _) in scripts {
         if name.is_empty() || name.contains('/') || name.contains('\0') || name == "." || name == ".." {
             return Err(RuntimeError::Invalid { name: dir.name().into(), reason: format!("`{name}` is not a script name") });
         }
-        let path = dir.scripts().join(name);
-        fs::write(&path, body).map_err(RuntimeError::io("write", &path))?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).map_err(RuntimeError::io("chmod", &path))?;
     }
-    for log in [dir.log(), dir.runtime_log()] {
-        fs::write(&log, b"").map_err(RuntimeError::io("create", &log))?;
+    for entry in fs::read_dir(&folder).map_err(RuntimeError::io("read", &folder))? {
+        let entry = entry.map_err(RuntimeError::io("read", &folder))?;
+        let wanted = entry.file_type().is_ok_and(|t| t.is_file()) && scripts.iter().any(|(name, _)| entry.file_name() == name.as_str());
+        if !wanted {
+            let path = entry.path();
+            let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+            removed.map_err(RuntimeError::io("remove", &path))?;
+        }
+    }
+    for (name, body) in scripts {
+        let path = folder.join(name);
+        write_if_changed(&path, body)?;
+        let mode = fs::metadata(&path).map_err(RuntimeError::io("stat", &path))?.permissions().mode() & 0o7777;
+        if mode != 0o755 {
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).map_err(RuntimeError::io("chmod", &path))?;
+        }
     }
     Ok(())
 }
@@ -229,7 +249,7 @@ pub(crate) fn write_guest_config(dir: &SandboxDir, config: &GuestConfig) -> Resu
     let path = dir.guest_config();
     let bytes = serde_json::to_vec_pretty(config)
         .map_err(|err| RuntimeError::Io { op: "encode", path: path.clone(), cause: io::Error::other(err) })?;
-    fs::write(&path, bytes).map_err(RuntimeError::io("write", &path))
+    write_if_changed(&path, &bytes).map(drop)
 }
 
 #[cfg(test)]
@@ -263,6 +283,30 @@ mod tests {
 
     fn path(p: &str) -> Init {
         Init::Path(GuestPath::parse(p).expect("guest path"))
+    }
+
+    #[test]
+    fn scripts_are_synced_not_rewritten() {
+        use std::os::unix::fs::MetadataExt;
+        let home = tempfile::tempdir().expect("tempdir");
+        let dir = SandboxDir::new(home.path(), "w");
+        fs::create_dir_all(dir.scripts()).expect("mkdir");
+        let script = |name: &str, body: &str| (name.to_owned(), body.as_bytes().to_vec());
+        sync_scripts(&dir, &[script("keep", "#!/bin/sh\necho 1\n"), script("old", "#!/bin/sh\n")]).expect("sync");
+        let inode = fs::metadata(dir.scripts().join("keep")).expect("keep").ino();
+        fs::create_dir(dir.scripts().join("stray")).expect("stray folder");
+
+        sync_scripts(&dir, &[script("keep", "#!/bin/sh\necho 1\n"), script("new", "#!/bin/sh\necho 2\n")]).expect("sync");
+        let mut names: Vec<String> = fs::read_dir(dir.scripts()).expect("read").map(|e| e.expect("entry").file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        assert_eq!(names, ["keep", "new"], "removed scripts and strays go");
+        let keep = fs::metadata(dir.scripts().join("keep")).expect("keep");
+        assert_eq!(keep.ino(), inode, "an unchanged script is left as it is");
+        assert_eq!(fs::read_to_string(dir.scripts().join("new")).expect("new"), "#!/bin/sh\necho 2\n");
+        assert_eq!(fs::metadata(dir.scripts().join("new")).expect("new").permissions().mode() & 0o777, 0o755);
+
+        let err = sync_scripts(&dir, &[script("../x", "")]).unwrap_err();
+        assert!(err.to_string().contains("not a script name"), "{err}");
     }
 
     #[test]
