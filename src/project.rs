@@ -96,9 +96,7 @@ impl Project<'_> {
         on_plan: &mut dyn FnMut(&SandboxPlan),
     ) -> Result<Vec<Built>, ProjectError> {
         let sources = digest_sources(self.manifest)?;
-        // Builds killed before leave their overlay folders in `tmp/`; pulls only clean it when
-        // they run, and a build whose image is present pulls nothing.
-        self.store.clean_tmp()?;
+        // What killed builds left in `tmp/` is cleaned by the pull of each sandbox's image.
         let mut built = Vec::new();
         for (name, config) in self.select(names)? {
             let image = self.store.pull_blocking(&self.image_source(config), pull)?;

@@ -565,3 +565,15 @@ fn a_killed_pull_leaves_only_tmp_litter_that_the_next_pull_removes() {
     home.ok(&["pull", &good.name()]);
     assert!(home.entries("tmp").is_empty(), "litter left: {:?}", home.entries("tmp"));
 }
+
+#[test]
+fn a_pull_of_a_present_image_still_removes_killed_pulls_litter() {
+    let fixtures = fixtures();
+    let home = Home::new();
+    let name = "127.0.0.1:1/msb-test/busybox:litter";
+    home.ok(&["load", fixtures.join("busybox.oci.tar").to_str().expect("utf-8"), "--name", name]);
+    // What a pull killed after publishing its last entry leaves: that entry's lock file alone.
+    std::fs::write(home.path().join("v1/tmp/1-2-3.lock"), "").expect("litter");
+    home.ok(&["pull", name]);
+    assert!(home.entries("tmp").is_empty(), "litter left: {:?}", home.entries("tmp"));
+}
