@@ -2,19 +2,17 @@
 //! `tests/fixtures/`) and from local sources, compared entry by entry with `umoci unpack` of the
 //! same image; damaged blobs from an in-process fake registry; concurrent pulls.
 
-use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use msb::store::{Digest, ImageRecord, Store};
-use sha2::{Digest as _, Sha256};
 use tempfile::TempDir;
 
 use crate::fake_registry::{FakeRegistry, Image, PASSWORD, REFRESH_TOKEN, Serve, USER};
 use crate::test::{fixtures, msb};
+use crate::tree::Compare;
 
 const REGISTRY: &str = "127.0.0.1:5000/msb-test";
 
@@ -77,96 +75,10 @@ impl Home {
 }
 
 /// One file-system entry, as compared between msb's merged layers and umoci's rootfs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Entry {
-    kind: &'static str,
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    size: u64,
-    sha256: Option<String>,
-    link: Option<PathBuf>,
-    rdev: u64,
-    mtime: Option<i64>,
-    xattrs: BTreeMap<String, Vec<u8>>,
-}
-
-/// Every entry under `root`, by path relative to it. Directory mtimes are left out: a
-/// directory's mtime in an unpacked tree depends on the order later layers touch it.
-fn tree(root: &Path) -> BTreeMap<PathBuf, Entry> {
-    let mut entries = BTreeMap::new();
-    for item in walkdir::WalkDir::new(root).follow_links(false) {
-        let item = item.expect("walk");
-        let meta = item.path().symlink_metadata().expect("lstat");
-        let relative = item.path().strip_prefix(root).expect("under the root").to_owned();
-        let file_type = meta.file_type();
-        let kind = if file_type.is_dir() {
-            "dir"
-        } else if file_type.is_symlink() {
-            "symlink"
-        } else if file_type.is_file() {
-            "file"
-        } else if file_type.is_fifo() {
-            "fifo"
-        } else if file_type.is_char_device() {
-            "char"
-        } else if file_type.is_block_device() {
-            "block"
-        } else {
-            "socket"
-        };
-        let sha256 = file_type.is_file().then(|| {
-            let mut hasher = Sha256::new();
-            let mut file = fs::File::open(item.path()).expect("open");
-            std::io::copy(&mut file, &mut hasher).expect("read");
-            hex::encode(hasher.finalize())
-        });
-        let mut xattrs = BTreeMap::new();
-        if !file_type.is_symlink() {
-            let mut names = vec![0u8; 4096];
-            if let Ok(n) = rustix::fs::listxattr(item.path(), &mut names) {
-                for name in names[..n].split(|b| *b == 0).filter(|n| n.starts_with(b"user.")) {
-                    let name = String::from_utf8_lossy(name).into_owned();
-                    let mut value = vec![0u8; 4096];
-                    if let Ok(len) = rustix::fs::getxattr(item.path(), name.as_str(), &mut value) {
-                        xattrs.insert(name, value[..len].to_vec());
-                    }
-                }
-            }
-        }
-        let entry = Entry {
-            kind,
-            mode: meta.mode() & 0o7777,
-            uid: meta.uid(),
-            gid: meta.gid(),
-            size: if file_type.is_file() { meta.len() } else { 0 },
-            sha256,
-            link: file_type.is_symlink().then(|| fs::read_link(item.path()).expect("readlink")),
-            rdev: meta.rdev(),
-            mtime: (!file_type.is_dir()).then(|| meta.mtime()),
-            xattrs,
-        };
-        entries.insert(relative, entry);
-    }
-    entries
-}
-
-/// Asserts two trees are the same, listing every difference.
+/// msb's merged view of an image against `umoci unpack`'s: every entry, mtimes and xattrs too.
 fn assert_same_tree(what: &str, ours: &Path, theirs: &Path) {
-    let (ours, theirs) = (tree(ours), tree(theirs));
-    let mut differences = Vec::new();
-    for (path, entry) in &theirs {
-        match ours.get(path) {
-            None => differences.push(format!("missing in msb: {}", path.display())),
-            Some(mine) if mine != entry => differences.push(format!("{}:\n  msb   {mine:?}\n  umoci {entry:?}", path.display())),
-            Some(_) => {}
-        }
-    }
-    for path in ours.keys().filter(|p| !theirs.contains_key(*p)) {
-        differences.push(format!("only in msb: {}", path.display()));
-    }
-    assert!(differences.is_empty(), "{what}: {} differences:\n{}", differences.len(), differences.join("\n"));
-    assert!(theirs.len() > 5, "{what}: suspiciously small tree");
+    let compare = Compare { root: true, mtimes: true, skip: None };
+    crate::tree::assert_same_tree(what, ("msb", ours), ("umoci", theirs), compare, 5);
 }
 
 /// `umoci unpack` of an OCI layout's image. Kept beside the fixtures under the digest of the

@@ -10,6 +10,7 @@ mod init;
 mod publish;
 mod sdk;
 mod test;
+mod tree;
 mod up;
 mod validate;
 mod watch;

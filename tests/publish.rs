@@ -4,18 +4,17 @@
 //! registry's own log counts the uploads), and described to Kubernetes (checked by
 //! `kubernetes-validate`, with the schemas it bundles).
 
-use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
-use sha2::{Digest as _, Sha256};
 
 use crate::test::{Test, repo};
+use crate::tree::Compare;
 
 const REGISTRY: &str = "127.0.0.1:5000";
 
@@ -116,75 +115,11 @@ fn pull_back(reference: &str, dir: &Path) -> PathBuf {
     bundle
 }
 
-/// One entry of a tree, as the comparison sees it (no mtimes: a folder's depends on the order
-/// its children were written).
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Entry {
-    kind: &'static str,
-    mode: u32,
-    owner: (u32, u32),
-    size: u64,
-    sha256: Option<String>,
-    link: Option<PathBuf>,
-    rdev: u64,
-}
-
-/// Every entry under `root` except the root itself and `/.msb`, which `msb export` leaves out.
-fn tree(root: &Path) -> BTreeMap<PathBuf, Entry> {
-    let mut entries = BTreeMap::new();
-    for item in walkdir::WalkDir::new(root).min_depth(1).follow_links(false) {
-        let item = item.expect("walk");
-        let relative = item.path().strip_prefix(root).expect("under the root").to_owned();
-        if relative.starts_with(".msb") {
-            continue;
-        }
-        let meta = item.path().symlink_metadata().expect("lstat");
-        let t = meta.file_type();
-        let kind = match () {
-            _ if t.is_dir() => "dir",
-            _ if t.is_symlink() => "symlink",
-            _ if t.is_file() => "file",
-            _ if t.is_fifo() => "fifo",
-            _ if t.is_char_device() => "char",
-            _ if t.is_block_device() => "block",
-            _ => "socket",
-        };
-        let sha256 = t.is_file().then(|| {
-            let mut hasher = Sha256::new();
-            std::io::copy(&mut fs::File::open(item.path()).expect("open"), &mut hasher).expect("read");
-            hex::encode(hasher.finalize())
-        });
-        let entry = Entry {
-            kind,
-            mode: meta.mode() & 0o7777,
-            owner: (meta.uid(), meta.gid()),
-            size: if t.is_file() { meta.len() } else { 0 },
-            sha256,
-            link: t.is_symlink().then(|| fs::read_link(item.path()).expect("readlink")),
-            rdev: if t.is_char_device() || t.is_block_device() { meta.rdev() } else { 0 },
-        };
-        entries.insert(relative, entry);
-    }
-    entries
-}
-
+/// `msb export` against what other tools unpacked of the pushed image: every entry but the
+/// root folder and `/.msb` (which export leaves out), without mtimes.
 fn assert_same_tree(exported: &Path, unpacked: &Path) {
-    let (ours, theirs) = (tree(exported), tree(unpacked));
-    let mut differences = Vec::new();
-    for (path, entry) in &theirs {
-        match ours.get(path) {
-            None => differences.push(format!("only in the pushed image: {}", path.display())),
-            Some(mine) if mine != entry => {
-                differences.push(format!("{}:\n  export {mine:?}\n  pushed {entry:?}", path.display()))
-            }
-            Some(_) => {}
-        }
-    }
-    for path in ours.keys().filter(|p| !theirs.contains_key(*p)) {
-        differences.push(format!("only in msb export: {}", path.display()));
-    }
-    assert!(differences.is_empty(), "{} differences:\n{}", differences.len(), differences.join("\n"));
-    assert!(theirs.len() > 10, "suspiciously small tree: {theirs:?}");
+    let compare = Compare { root: false, mtimes: false, skip: Some(".msb") };
+    crate::tree::assert_same_tree("export vs pushed", ("msb export", exported), ("the pushed image", unpacked), compare, 10);
 }
 
 /// `crun run` of a bundle, in a private mount namespace without the cgroup v2 mount of hybrid
