@@ -164,6 +164,8 @@ fn run_merges_flags_with_the_image_config_as_docker_does() {
         (&["-w", "/tmp", "-u", "1000:1000", "--", "sh", "-c", "pwd; id -u; id -g"], 0, "/tmp\n1000\n1000\n"),
         (&["--script", "hi=echo hi from a script", "--", "hi"], 0, "hi from a script\n"),
         (&["--", "sh", "-c", "exit 4"], 4, ""),
+        // What msb tells crun (`_LIBCONTAINER_CLONED_BINARY`) stays out of the sandbox.
+        (&["--", "sh", "-c", "env | grep -c LIBCONTAINER"], 1, "0\n"),
         (&["--init", "/bin/nope", "--", "true"], 1, ""),
     ];
     for (args, code, stdout) in cases {

@@ -59,8 +59,18 @@ impl OciRuntime {
         self.name().starts_with("crun")
     }
 
+    /// crun accepts being run from a read-only bind mount of itself in place of the copy it
+    /// makes to defend against CVE-2019-5736 (see `start`); runc checks for its own memfd copy.
+    fn accepts_sealed_binary(&self) -> bool {
+        self.name().starts_with("crun")
+    }
+
     fn command(&self, state_root: &Path) -> Command {
-        let mut command = Command::new(&self.binary);
+        self.command_of(&self.binary, state_root)
+    }
+
+    fn command_of(&self, binary: &Path, state_root: &Path) -> Command {
+        let mut command = Command::new(binary);
         command.arg("--root").arg(state_root);
         command
     }
@@ -149,7 +159,17 @@ impl Backend for OciBackend {
 
         let log = OpenOptions::new().append(true).create(true).open(dir.log()).map_err(RuntimeError::io("open", dir.log()))?;
         let log_err = log.try_clone().map_err(RuntimeError::io("open", dir.log()))?;
-        let mut command = self.runtime.command(&self.state_root);
+        // Against CVE-2019-5736 (a container overwriting the runtime's binary through
+        // /proc/self/exe), crun bind-mounts itself read-only and executes itself again from there
+        // on every start. msb's private mount namespace makes crun's binary read-only in place
+        // instead, and says so (`_LIBCONTAINER_CLONED_BINARY`, which crun checks along with the
+        // read-only mount): the same protection, one exec of crun fewer, about 1.3 ms a boot.
+        let binary = which::which(&self.runtime.binary).map_err(|err| self.runtime.missing(io::Error::new(io::ErrorKind::NotFound, err)))?;
+        let sealed = self.runtime.accepts_sealed_binary();
+        let mut command = self.runtime.command_of(&binary, &self.state_root);
+        if sealed {
+            command.env("_LIBCONTAINER_CLONED_BINARY", "1");
+        }
         command.arg("--log").arg(dir.runtime_log());
         if !cgroups {
             command.arg("--cgroup-manager=disabled");
@@ -173,7 +193,8 @@ impl Backend for OciBackend {
             .process_group(0);
         let hide = if self.runtime.refuses_hybrid_cgroups() { self.layout().mount_to_hide_from_crun() } else { None };
         let rootfs = dir.rootfs();
-        let namespace = Namespace { hide, attach: Some((view, &rootfs)), binds: Vec::new() };
+        let binds = if sealed { vec![(binary.clone(), binary.clone(), true)] } else { Vec::new() };
+        let namespace = Namespace { hide, attach: Some((view, &rootfs)), binds };
         let mut child = sys::spawn_in_private_namespace(namespace, command).map_err(|err| match err.kind() {
             io::ErrorKind::NotFound => self.runtime.missing(err),
             _ => RuntimeError::Io { op: "start the sandbox in", path: dir.path().to_owned(), cause: err },

@@ -30,7 +30,7 @@ pub(crate) struct Namespace<'a> {
     /// A detached mount (from `sys::overlay::mount`) and the path to attach it at.
     pub(crate) attach: Option<(OwnedFd, &'a Path)>,
     /// Read-only and read-write bind mounts to make after attaching (krun, which has no OCI
-    /// runtime to make them): `(source, target, read_only)`.
+    /// runtime to make them; crun's own binary, sealed read-only): `(source, target, read_only)`.
     pub(crate) binds: Vec<(PathBuf, PathBuf, bool)>,
 }
 
