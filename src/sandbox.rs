@@ -71,6 +71,7 @@ pub fn boot_spec(manifest: &Manifest, config: &SandboxConfig, built: &Built, age
     Ok(SandboxSpec {
         name,
         lowers: built.lowers.clone(),
+        image_id: built.image.chain_id.to_string(),
         process: ProcessSpec::merge(&built.image.config, config),
         init: config.init.clone(),
         pid1: Pid1::Agent { binary: agent.to_owned() },

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use crate::manifest::{Manifest, Patch, SandboxConfig, Script};
+use crate::reference::ImageSource;
 use crate::plan::{Reason, SandboxPlan};
 
 /// Names that editors and tools write beside the files they work on, never the user's content.
@@ -36,6 +37,11 @@ impl WatchSet {
         let mut files = BTreeSet::from([std::path::absolute(&manifest.path).unwrap_or_else(|_| manifest.path.clone())]);
         let mut trees = BTreeSet::new();
         for sandbox in manifest.file.sandbox.values() {
+            // A `dir:` image is a folder of the user's, read in place: editing it changes the
+            // image (its identity is a walk of the folder's metadata).
+            if let ImageSource::Dir(root) = sandbox.image.source().resolve_against(&base) {
+                trees.insert(normalize(&root));
+            }
             for script in sandbox.scripts.values() {
                 if let Script::File(file) = script {
                     files.insert(normalize(&base.join(&file.file)));
@@ -160,7 +166,8 @@ pub fn changes(before: &[(SandboxConfig, SandboxPlan)], after: &[(SandboxConfig,
 }
 
 fn why_restart(old_config: &SandboxConfig, old: &SandboxPlan, config: &SandboxConfig, new: &SandboxPlan) -> Option<String> {
-    if old.image.digest != new.image.digest || old.image.reference != new.image.reference {
+    // A `dir:` image keeps its digest (its path) when its folder is edited; its chain id moves.
+    if old.image.digest != new.image.digest || old.image.reference != new.image.reference || old.image.chain_id != new.image.chain_id {
         return Some("image changed".into());
     }
     if let Some((index, reason)) = new.first_change_from(old) {
@@ -232,6 +239,22 @@ mod tests {
         for (path, expected) in cases {
             assert_eq!(set.matters(&root.join(path)), expected, "{path}");
         }
+    }
+
+    #[test]
+    fn a_dir_image_folder_is_watched_and_an_edit_of_it_restarts() {
+        let dir = project();
+        std::fs::create_dir_all(dir.path().join("rootfs/etc")).unwrap();
+        let text = "[sandbox.r]\nimage = \"dir:rootfs\"\n";
+        let set = WatchSet::of(&manifest(dir.path(), text));
+        let root = std::path::absolute(dir.path()).unwrap();
+        assert!(set.matters(&root.join("rootfs/etc/hosts")));
+        assert!(set.folders().contains(&(root.join("rootfs"), true)), "{:?}", set.folders());
+
+        let before = planned(dir.path(), text);
+        let mut after = before.clone();
+        after[0].1.image.chain_id = Some("sha256:edited".into());
+        assert_eq!(changes(&before, &after), [Change::Restart { name: "r".into(), why: "image changed".into() }]);
     }
 
     #[test]

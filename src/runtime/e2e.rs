@@ -48,6 +48,7 @@ impl Home {
         SandboxSpec {
             name: name.into(),
             lowers: vec![self.layer.clone()],
+            image_id: "sha256:test".into(),
             process: ProcessSpec {
                 argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
                 env: vec!["GREETING=hi".into()],

@@ -488,6 +488,7 @@ mod tests {
         SandboxSpec {
             name: "vm".into(),
             lowers: vec!["/layers/top".into(), "/layers/base".into()],
+            image_id: "sha256:test".into(),
             process: ProcessSpec { argv: vec!["/bin/sh".into()], env: vec![], workdir: "/".into(), user: None },
             init: Init::Agent,
             pid1: Pid1::Agent { binary: "/opt/msb-agent".into() },

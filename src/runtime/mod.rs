@@ -132,6 +132,9 @@ pub struct SandboxSpec {
     pub name: String,
     /// The rootfs layers, topmost first: patch layers newest first, then `Store::lowers(image)`.
     pub lowers: Vec<PathBuf>,
+    /// The image's ChainID. The lowers name the same folders when a `dir:` image's folder is
+    /// edited; this does not, so that the edited image is a different boot.
+    pub image_id: String,
     pub process: ProcessSpec,
     pub init: Init,
     pub pid1: Pid1,

@@ -497,6 +497,7 @@ mod tests {
         SandboxSpec {
             name: "worker".into(),
             lowers: vec!["/layers/b".into(), "/layers/a".into()],
+            image_id: "sha256:test".into(),
             process: ProcessSpec { argv: vec!["/bin/echo".into(), "hi".into()], env: vec!["A=1".into(), "container=docker".into()], workdir: "/app".into(), user: Some("1000:100".into()) },
             init: Init::Agent,
             pid1,
