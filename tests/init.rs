@@ -23,7 +23,10 @@ fn init_images() {
 
 /// Boots `table` (a sandbox table without its header) as sandbox `name`, then checks what PID 1
 /// is, that exec and a script run beside it, and that stop leaves nothing.
-fn hands_pid1_to(name: &str, table: &str, comm: &str, beside: &str, check: impl Fn(&Test)) {
+///
+/// `stops_itself`: the init shuts down on its stop signal within the timeout (runit's Debian
+/// Ctrl-Alt-Del script waits 14 s, so it is killed).
+fn hands_pid1_to(name: &str, table: &str, comm: &str, beside: &str, stops_itself: bool, check: impl Fn(&Test)) {
     init_images();
     let test = Test::new().sandboxfile(format!(
         "[sandbox.{name}]\n{table}\n[sandbox.{name}.scripts]\nwho = \"echo \\\"PID 1 is $(cat /proc/1/comm), I am $$\\\"\"\n"
@@ -40,9 +43,17 @@ fn hands_pid1_to(name: &str, table: &str, comm: &str, beside: &str, check: impl 
     // What the init started runs beside the exec server (e.g. a supervised service).
     let found = test.msb(["exec", name, "--", "sh", "-c", &format!("for i in $(seq 100); do grep -qx '{beside}' /proc/[0-9]*/comm && exit 0; sleep 0.1; done; exit 1")]);
     assert_eq!(found.code, 0, "no `{beside}` process beside PID 1: {found:?}");
+    // It may reboot its own namespace (CAP_SYS_BOOT, for its shutdown), under a seccomp filter
+    // that refuses kexec.
+    let status = test.msb(["exec", name, "--", "grep", "-E", "^(Seccomp|CapEff):", "/proc/1/status"]);
+    assert!(status.stdout.contains("Seccomp:\t2"), "no seccomp filter on PID 1: {status:?}");
+    let effective = status.stdout.lines().find_map(|l| l.strip_prefix("CapEff:\t")).and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok());
+    assert!(effective.is_some_and(|caps| caps & (1 << 22) != 0), "no CAP_SYS_BOOT: {status:?}");
     check(&test);
-    let stop = test.msb(["stop", name]);
+    let stop = test.command(["stop", name]).env("MSB_LOG", "info").output().expect("run msb stop");
+    let stop = crate::test::output_of(stop);
     assert_eq!(stop.code, 0, "{stop:?}");
+    assert_eq!(!stop.stderr.contains("killing PID 1"), stops_itself, "{stop:?}");
     assert_nothing_left(&test.home());
     let ls = test.msb(["ls"]);
     assert!(ls.stdout.lines().any(|l| l.starts_with(name) && !l.contains("running")), "{ls:?}");
@@ -51,14 +62,14 @@ fn hands_pid1_to(name: &str, table: &str, comm: &str, beside: &str, check: impl 
 #[test]
 fn systemd_is_pid_1_with_its_journal() {
     let table = "image = \"127.0.0.1:5000/msb-test/init:systemd\"\ninit = \"auto\"";
-    hands_pid1_to("systemd", table, "systemd", "systemd-journal", |_| {});
+    hands_pid1_to("systemd", table, "systemd", "systemd-journal", true, |_| {});
 }
 
 #[test]
 fn sysvinit_runs_openrc_as_pid_1() {
     let table = "image = \"127.0.0.1:5000/msb-test/init:openrc\"\ninit = \"auto\"";
     // sysvinit's inittab runs OpenRC's runlevels, then its gettys.
-    hands_pid1_to("openrc", table, "init", "getty", |test| {
+    hands_pid1_to("openrc", table, "init", "getty", true, |test| {
         let level = test.msb(["exec", "openrc", "--", "cat", "/run/openrc/softlevel"]);
         assert_eq!(level.stdout, "default", "OpenRC reached its default runlevel: {level:?}");
     });
@@ -67,18 +78,18 @@ fn sysvinit_runs_openrc_as_pid_1() {
 #[test]
 fn runit_is_pid_1() {
     let table = "image = \"127.0.0.1:5000/msb-test/init:runit\"\ninit = \"auto\"";
-    hands_pid1_to("runit", table, "runit", "runsvdir", |_| {});
+    hands_pid1_to("runit", table, "runit", "runsvdir", false, |_| {});
 }
 
 #[test]
 fn s6_svscan_is_pid_1_by_its_absolute_path() {
     let table = "image = \"127.0.0.1:5000/msb-test/init:s6\"\ninit = \"/usr/bin/s6-svscan\"\ncommand = [\"/usr/bin/s6-svscan\", \"/etc/s6/scan\"]";
-    hands_pid1_to("s6", table, "s6-svscan", "s6-supervise", |_| {});
+    hands_pid1_to("s6", table, "s6-svscan", "s6-supervise", true, |_| {});
 }
 
 #[test]
 fn busybox_init_runs_a_patched_inittab() {
     let table = "image = \"127.0.0.1:5000/msb-test/busybox:latest\"\ninit = \"/sbin/init\"\n\
         [[sandbox.bbinit.patch]]\nop = \"text\"\npath = \"/etc/inittab\"\ncontent = \"::respawn:/bin/sleep 3600\\n\"\nreplace = true";
-    hands_pid1_to("bbinit", table, "init", "sleep", |_| {});
+    hands_pid1_to("bbinit", table, "init", "sleep", true, |_| {});
 }

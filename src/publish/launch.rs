@@ -137,6 +137,7 @@ fn signal_name(signal: StopSignal) -> Option<&'static str> {
         StopSignal::Term => None,
         StopSignal::SystemdPoweroff => Some("SIGRTMIN+4"),
         StopSignal::BusyboxPoweroff => Some("SIGUSR2"),
+        StopSignal::CtrlAltDel => Some("SIGINT"),
     }
 }
 

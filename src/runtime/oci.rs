@@ -23,6 +23,7 @@ use oci_spec::runtime::{
 };
 
 use super::cgroup::{CgroupLayout, Controller};
+use crate::manifest::Init;
 use super::state::{BackendKind, SandboxDir, State, Status, StopSignal};
 use super::sys::{self, Namespace, ProcessRef};
 use super::view::{self, GUEST_AGENT, GUEST_CONFIG, GUEST_RUN, GUEST_SCRIPTS, GuestConfig};
@@ -235,6 +236,7 @@ impl Backend for OciBackend {
                 let asked = match state.stop_signal {
                     StopSignal::Term => init.signal(rustix::process::Signal::TERM).is_ok(),
                     StopSignal::BusyboxPoweroff => init.signal(rustix::process::Signal::USR2).is_ok(),
+                    StopSignal::CtrlAltDel => init.signal(rustix::process::Signal::INT).is_ok(),
                     // A real-time signal: rustix builds those only unsafely, the runtime by number.
                     StopSignal::SystemdPoweroff => {
                         self.run(&["kill", &state.container_id, &state.stop_signal.number().to_string()]).is_ok()
@@ -358,7 +360,16 @@ pub fn bundle_config(
     // systemd and other inits read `container` to know they run in one.
     env.push("container=msb".into());
 
-    let capabilities: oci_spec::runtime::Capabilities = CAPABILITIES.into_iter().collect();
+    // An init shuts down by calling reboot(2), which in a pid namespace only ends that
+    // namespace's init, and needs CAP_SYS_BOOT: without it, sysvinit, openrc-init and runit
+    // cannot finish their poweroff and are killed after the stop timeout. The same capability
+    // also allows kexec_load, which would replace the host's kernel: the seccomp filter below
+    // refuses it (as LXC does).
+    let handoff = spec.init != Init::Agent;
+    let mut capabilities: oci_spec::runtime::Capabilities = CAPABILITIES.into_iter().collect();
+    if handoff {
+        capabilities.insert(Capability::SysBoot);
+    }
     // As podman: 1M open files, but never above msb's own hard limit (raising it needs
     // CAP_SYS_RESOURCE, which a confined root may lack).
     let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum.unwrap_or(u64::MAX).min(1_048_576);
@@ -427,6 +438,9 @@ pub fn bundle_config(
         .namespaces(namespaces)
         .masked_paths(get_default_maskedpaths())
         .readonly_paths(get_default_readonly_paths());
+    if handoff {
+        linux = linux.seccomp(no_kexec().map_err(invalid)?);
+    }
     if cgroups {
         linux = linux.resources(resources.build().map_err(invalid)?).cgroups_path(PathBuf::from(format!("/{}", dir.container_id())));
     }
@@ -442,6 +456,28 @@ pub fn bundle_config(
         .build()
         .map_err(invalid)?;
     Ok((config, skipped))
+}
+
+/// A seccomp filter that allows every system call but the two that load a new kernel. It names
+/// every architecture the host's CPU runs (x86_64 also runs x86 and x32 system calls), or a
+/// 32-bit call would get past it.
+fn no_kexec() -> Result<oci_spec::runtime::LinuxSeccomp, oci_spec::OciSpecError> {
+    use oci_spec::runtime::{Arch, LinuxSeccompAction, LinuxSeccompBuilder, LinuxSyscallBuilder};
+    let architectures = match std::env::consts::ARCH {
+        "x86_64" => vec![Arch::ScmpArchX86_64, Arch::ScmpArchX86, Arch::ScmpArchX32],
+        "aarch64" => vec![Arch::ScmpArchAarch64, Arch::ScmpArchArm],
+        _ => vec![Arch::ScmpArchNative],
+    };
+    let refuse = LinuxSyscallBuilder::default()
+        .names(vec!["kexec_load".to_owned(), "kexec_file_load".to_owned()])
+        .action(LinuxSeccompAction::ScmpActErrno)
+        .errno_ret(rustix::io::Errno::PERM.raw_os_error() as u32)
+        .build()?;
+    LinuxSeccompBuilder::default()
+        .default_action(LinuxSeccompAction::ScmpActAllow)
+        .architectures(architectures)
+        .syscalls(vec![refuse])
+        .build()
 }
 
 /// `uid` or `uid:gid` (gid defaults to uid); none is root.
@@ -490,7 +526,6 @@ fn mounts(dir: &SandboxDir, spec: &SandboxSpec, cgroups: bool) -> Result<Vec<Mou
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::Init;
     use crate::runtime::ProcessSpec;
 
     fn spec(pid1: Pid1) -> SandboxSpec {
@@ -569,6 +604,32 @@ mod tests {
         assert_eq!(skipped, [Controller::Cpu, Controller::Memory]);
         let json = serde_json::to_value(&config).expect("json");
         assert!(json["linux"]["resources"].get("cpu").is_none() && json["linux"]["resources"].get("memory").is_none());
+    }
+
+    #[test]
+    fn a_handed_off_init_may_reboot_its_namespace_but_not_load_a_kernel() {
+        let dir = SandboxDir::new(Path::new("/home/v1"), "worker");
+        let mut sandbox = spec(Pid1::Agent { binary: "/opt/msb-agent".into() });
+        let caps = |json: &serde_json::Value| -> Vec<String> {
+            json["process"]["capabilities"]["bounding"].as_array().expect("caps").iter().filter_map(|c| c.as_str().map(str::to_owned)).collect()
+        };
+        let (config, _) = bundle_config(&dir, &sandbox, &hybrid(), true).expect("config");
+        let json = serde_json::to_value(&config).expect("json");
+        assert!(!caps(&json).contains(&"CAP_SYS_BOOT".to_owned()) && json["linux"].get("seccomp").is_none(), "the agent needs neither");
+
+        sandbox.init = Init::Auto;
+        let (config, _) = bundle_config(&dir, &sandbox, &hybrid(), true).expect("config");
+        let json = serde_json::to_value(&config).expect("json");
+        for set in ["bounding", "effective", "permitted"] {
+            assert!(json["process"]["capabilities"][set].as_array().expect("set").contains(&"CAP_SYS_BOOT".into()), "{set}");
+        }
+        let seccomp = &json["linux"]["seccomp"];
+        assert_eq!(seccomp["defaultAction"], "SCMP_ACT_ALLOW");
+        assert_eq!(seccomp["syscalls"], serde_json::json!([{"names": ["kexec_load", "kexec_file_load"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]));
+        if std::env::consts::ARCH == "x86_64" {
+            // A 32-bit kexec_load must not get past a filter for 64-bit calls only.
+            assert_eq!(seccomp["architectures"], serde_json::json!(["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]));
+        }
     }
 
     #[test]

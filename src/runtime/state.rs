@@ -152,6 +152,8 @@ pub enum StopSignal {
     SystemdPoweroff,
     /// SIGUSR2: busybox init's poweroff.
     BusyboxPoweroff,
+    /// SIGINT: Ctrl-Alt-Del, which sysvinit answers by running its inittab's shutdown.
+    CtrlAltDel,
 }
 
 impl StopSignal {
@@ -161,6 +163,7 @@ impl StopSignal {
             StopSignal::Term => 15,
             StopSignal::SystemdPoweroff => 38,
             StopSignal::BusyboxPoweroff => 12,
+            StopSignal::CtrlAltDel => 2,
         }
     }
 }

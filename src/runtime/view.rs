@@ -137,6 +137,10 @@ fn resolved(path: &str, final_path: &str) -> ResolvedInit {
     let stop_signal = match name(final_path).as_str() {
         "systemd" => StopSignal::SystemdPoweroff,
         "busybox" if name(path) == "init" => StopSignal::BusyboxPoweroff,
+        // sysvinit ignores SIGTERM; SIGINT is Ctrl-Alt-Del, whose inittab action shuts down.
+        // (runit answers SIGINT with Debian's /etc/runit/ctrlaltdel, which waits 14 s: longer
+        // than the stop timeout, so runit keeps SIGTERM and the kill.)
+        "init" => StopSignal::CtrlAltDel,
         _ => StopSignal::Term,
     };
     ResolvedInit { path: path.to_owned(), stop_signal }
@@ -315,6 +319,22 @@ mod tests {
         let init = resolve_init(&root, &Init::Auto, &[]).expect("found").expect("some");
         assert_eq!(init, ResolvedInit { path: "/sbin/init".into(), stop_signal: StopSignal::SystemdPoweroff });
         assert_eq!(resolve_init(&root, &Init::Agent, &[]), Ok(None));
+    }
+
+    #[test]
+    fn each_init_is_stopped_with_its_own_signal() {
+        let cases = [
+            ("/sbin/init", "/lib/systemd/systemd", StopSignal::SystemdPoweroff),
+            ("/sbin/init", "/bin/busybox", StopSignal::BusyboxPoweroff),
+            ("/sbin/init", "/sbin/init", StopSignal::CtrlAltDel),
+            ("/sbin/init", "/lib/runit/runit-init", StopSignal::Term),
+            ("/sbin/openrc-init", "/sbin/openrc-init", StopSignal::Term),
+            ("/usr/bin/s6-svscan", "/usr/bin/s6-svscan", StopSignal::Term),
+            ("/bin/sh", "/bin/busybox", StopSignal::Term),
+        ];
+        for (path, final_path, signal) in cases {
+            assert_eq!(resolved(path, final_path).stop_signal, signal, "{path} -> {final_path}");
+        }
     }
 
     #[test]
