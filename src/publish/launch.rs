@@ -138,6 +138,8 @@ fn signal_name(signal: StopSignal) -> Option<&'static str> {
         StopSignal::SystemdPoweroff => Some("SIGRTMIN+4"),
         StopSignal::BusyboxPoweroff => Some("SIGUSR2"),
         StopSignal::CtrlAltDel => Some("SIGINT"),
+        // An image config can only name a signal; runit's halt flag is not raised by one.
+        StopSignal::RunitHalt => None,
     }
 }
 

@@ -337,6 +337,7 @@ impl Sandboxes {
             runtime_process: None,
             supervisor: if options.detach { None } else { ProcessRef::of(std::process::id() as i32) },
             stop_signal: init.as_ref().map_or(StopSignal::Term, |i| i.stop_signal),
+            init_path: init.as_ref().map(|i| i.path.clone()),
             exit_code: None,
             stopped: false,
             spec_digest: Some(spec.digest()),

@@ -123,6 +123,26 @@ impl OciBackend {
         (started <= written + Duration::from_millis(50)).then_some(init)
     }
 
+    /// Runs `INIT 0` as root through the sandbox's exec server: how runit is asked to halt.
+    fn halt_runit(&self, dir: &SandboxDir, state: &State) -> bool {
+        let init = state.init_path.clone().unwrap_or_else(|| "/sbin/init".into());
+        let request = crate::agent::ExecRequest {
+            argv: vec![init, "0".into()],
+            env: Vec::new(),
+            workdir: Some("/".into()),
+            user: Some("0".into()),
+            tty: None,
+        };
+        let socket = self.agent_socket_path(dir);
+        match crate::agent::exec(&socket, &request, io::empty(), &mut io::sink(), &mut io::sink()) {
+            Ok(exit) if exit.code() == 0 => true,
+            outcome => {
+                tracing::info!(sandbox = %state.name, "runit was not asked to halt: {outcome:?}");
+                false
+            }
+        }
+    }
+
     /// Runs a short runtime command (`kill`, `delete`), returning its error output on failure.
     fn run(&self, args: &[&str]) -> Result<(), String> {
         let output = self
@@ -237,6 +257,7 @@ impl Backend for OciBackend {
                     StopSignal::Term => init.signal(rustix::process::Signal::TERM).is_ok(),
                     StopSignal::BusyboxPoweroff => init.signal(rustix::process::Signal::USR2).is_ok(),
                     StopSignal::CtrlAltDel => init.signal(rustix::process::Signal::INT).is_ok(),
+                    StopSignal::RunitHalt => self.halt_runit(dir, state),
                     // A real-time signal: rustix builds those only unsafely, the runtime by number.
                     StopSignal::SystemdPoweroff => {
                         self.run(&["kill", &state.container_id, &state.stop_signal.number().to_string()]).is_ok()

@@ -154,6 +154,9 @@ pub enum StopSignal {
     BusyboxPoweroff,
     /// SIGINT: Ctrl-Alt-Del, which sysvinit answers by running its inittab's shutdown.
     CtrlAltDel,
+    /// `INIT 0` run through the exec server: runit's `runit-init 0` raises runit's halt flag
+    /// and sends PID 1 SIGCONT (a signal alone does not halt runit).
+    RunitHalt,
 }
 
 impl StopSignal {
@@ -164,6 +167,8 @@ impl StopSignal {
             StopSignal::SystemdPoweroff => 38,
             StopSignal::BusyboxPoweroff => 12,
             StopSignal::CtrlAltDel => 2,
+            // SIGCONT, which halts runit once its flag is raised (the image config's best word).
+            StopSignal::RunitHalt => 18,
         }
     }
 }
@@ -192,6 +197,9 @@ pub struct State {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub supervisor: Option<ProcessRef>,
     pub stop_signal: StopSignal,
+    /// The init PID 1 was handed to, as the guest names it (`/sbin/init`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_path: Option<String>,
     /// Set once it has stopped, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
@@ -292,6 +300,7 @@ mod tests {
             runtime_process: None,
             supervisor: None,
             stop_signal: StopSignal::SystemdPoweroff,
+            init_path: Some("/sbin/init".into()),
             exit_code: None,
             stopped: false,
             spec_digest: Some("sha256:0123".into()),

@@ -138,9 +138,9 @@ fn resolved(path: &str, final_path: &str) -> ResolvedInit {
         "systemd" => StopSignal::SystemdPoweroff,
         "busybox" if name(path) == "init" => StopSignal::BusyboxPoweroff,
         // sysvinit ignores SIGTERM; SIGINT is Ctrl-Alt-Del, whose inittab action shuts down.
-        // (runit answers SIGINT with Debian's /etc/runit/ctrlaltdel, which waits 14 s: longer
-        // than the stop timeout, so runit keeps SIGTERM and the kill.)
         "init" => StopSignal::CtrlAltDel,
+        // runit ignores SIGTERM, and its Ctrl-Alt-Del script (Debian's) waits 14 s.
+        "runit-init" => StopSignal::RunitHalt,
         _ => StopSignal::Term,
     };
     ResolvedInit { path: path.to_owned(), stop_signal }
@@ -327,7 +327,7 @@ mod tests {
             ("/sbin/init", "/lib/systemd/systemd", StopSignal::SystemdPoweroff),
             ("/sbin/init", "/bin/busybox", StopSignal::BusyboxPoweroff),
             ("/sbin/init", "/sbin/init", StopSignal::CtrlAltDel),
-            ("/sbin/init", "/lib/runit/runit-init", StopSignal::Term),
+            ("/sbin/init", "/lib/runit/runit-init", StopSignal::RunitHalt),
             ("/sbin/openrc-init", "/sbin/openrc-init", StopSignal::Term),
             ("/usr/bin/s6-svscan", "/usr/bin/s6-svscan", StopSignal::Term),
             ("/bin/sh", "/bin/busybox", StopSignal::Term),
