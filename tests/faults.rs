@@ -356,6 +356,7 @@ fn a_full_disk_fails_a_pull_clearly_publishes_nothing_and_the_pull_works_once_sp
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("No space left on device"), "names ENOSPC: {stderr}");
+    assert!(stderr.contains("`msb cache gc`"), "says what frees space: {stderr}");
     assert!(published(&home).is_empty(), "published: {:?}", published(&home));
     assert!(home.entries("tmp").is_empty(), "tmp/ holds {:?}", home.entries("tmp"));
     assert_intact(&home, "after ENOSPC");
@@ -375,6 +376,7 @@ fn a_full_disk_fails_a_build_clearly_publishes_no_layer_and_the_build_works_once
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("No space left on device"), "names ENOSPC: {stderr}");
+    assert!(stderr.contains("`msb cache gc`"), "says what frees space: {stderr}");
     // The image went in; the step that did not fit, and those after it, did not.
     let layers = home.entries("layers/sha256");
     assert!(!layers.is_empty() && layers.len() <= 2, "layers: {layers:?}");

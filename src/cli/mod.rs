@@ -152,7 +152,13 @@ pub(crate) fn render(err: Error) {
         eprintln!("error: {invalid}");
         return;
     }
+    // Errors carry their I/O cause in their message, wherever in the store it struck; a full
+    // disk is told by the OS's own words (`std::io::Error` ends them with the errno).
+    let full_disk = err.to_string().contains(&format!("(os error {})", rustix::io::Errno::NOSPC.raw_os_error()));
     eprintln!("{:?}", miette::Report::new(err));
+    if full_disk {
+        eprintln!("  help: the disk that holds msb's store is full: `msb cache gc` removes what no Sandboxfile used lately (`msb cache ls` lists it with sizes)");
+    }
 }
 
 /// The Sandboxfile a command works on: the one given, or the nearest one upwards.
