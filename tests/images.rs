@@ -348,13 +348,18 @@ fn pull_never_with_an_empty_store_fails_clearly() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("the repository name must be lowercase"), "{bad:?}");
 }
 
+/// A store holding the busybox fixture under `name` (loaded from its archive, no registry).
+fn loaded_busybox(name: &str) -> Home {
+    let home = Home::new();
+    home.ok(&["load", fixtures().join("busybox.oci.tar").to_str().expect("utf-8"), "--name", name]);
+    home
+}
+
 #[test]
 fn warm_pull_missing_needs_no_network() {
-    let fixtures = fixtures();
-    let home = Home::new();
     // Port 1 refuses every connection: only the store can answer for this name.
     let name = "127.0.0.1:1/msb-test/busybox:offline";
-    home.ok(&["load", fixtures.join("busybox.oci.tar").to_str().expect("utf-8"), "--name", name]);
+    let home = loaded_busybox(name);
     let started = Instant::now();
     home.ok(&["pull", name]);
     home.ok(&["pull", "--pull", "never", name]);
@@ -480,10 +485,8 @@ fn a_killed_pull_leaves_only_tmp_litter_that_the_next_pull_removes() {
 
 #[test]
 fn a_pull_of_a_present_image_still_removes_killed_pulls_litter() {
-    let fixtures = fixtures();
-    let home = Home::new();
     let name = "127.0.0.1:1/msb-test/busybox:litter";
-    home.ok(&["load", fixtures.join("busybox.oci.tar").to_str().expect("utf-8"), "--name", name]);
+    let home = loaded_busybox(name);
     // What a pull killed after publishing its last entry leaves: that entry's lock file alone.
     std::fs::write(home.path().join("v1/tmp/1-2-3.lock"), "").expect("litter");
     home.ok(&["pull", name]);
