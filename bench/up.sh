@@ -53,25 +53,43 @@ done
 # The crun flags msb used for these sandboxes (cgroups off for the agent without limits).
 crun_flags=$(jq -r 'if .linux.cgroupsPath then "" else "--cgroup-manager=disabled" end' "$MSB_HOME/v1/sandboxes/busybox/bundle/config.json")
 
-hyperfine --style basic -N --runs "$runs" --warmup 10 --export-json "$work/msb.json" \
-  -n busybox "$msb up -f $work/busybox/Sandboxfile" \
-  -n debian "$msb up -f $work/debian/Sandboxfile" >&2
+# Rounds, msb and crun in turn: this 2-vCPU VM drifts by a few milliseconds over a minute, and
+# one long series of each would compare two different machines.
+rounds=${ROUNDS:-5}
+per_round=$(( (runs + rounds - 1) / rounds ))
+for round in $(seq "$rounds"); do
+  hyperfine --style basic -N --runs "$per_round" --warmup 3 --export-json "$work/round-$round-msb.json" \
+    -n busybox "$msb up -f $work/busybox/Sandboxfile" \
+    -n debian "$msb up -f $work/debian/Sandboxfile" >&2
+  # Each run gets its own container id; crun removes the container when `run` returns.
+  unshare -m --propagation private sh -c "
+    set -e
+    umount /sys/fs/cgroup/unified 2>/dev/null || true
+    for name in busybox debian; do
+      mount -t overlay overlay -o nodev,index=off,redirect_dir=off,metacopy=off,xino=off,lowerdir=\$(cat $work/same-\$name/lowers),upperdir=$work/same-\$name/upper,workdir=$work/same-\$name/work $work/same-\$name/rootfs
+    done
+    hyperfine --style basic -N --runs $per_round --warmup 3 --export-json '$work/round-$round-crun.json' \
+      -n busybox 'crun run --bundle $work/bundle-busybox bench-up-busybox' \
+      -n debian 'crun run --bundle $work/bundle-debian bench-up-debian'
+    hyperfine --style basic -N --runs $per_round --warmup 3 --export-json '$work/round-$round-crun-same.json' \
+      -n busybox 'crun $crun_flags run --bundle $work/same-busybox bench-same-busybox' \
+      -n debian 'crun $crun_flags run --bundle $work/same-debian bench-same-debian'" >&2
+done
 for name in busybox debian; do
   peak_rss "up-$name" "$msb" up -f "$work/$name/Sandboxfile"
 done
-# Each run gets its own container id; crun removes the container when `run` returns.
-unshare -m --propagation private sh -c "
-  set -e
-  umount /sys/fs/cgroup/unified 2>/dev/null || true
-  for name in busybox debian; do
-    mount -t overlay overlay -o nodev,index=off,redirect_dir=off,metacopy=off,xino=off,lowerdir=\$(cat $work/same-\$name/lowers),upperdir=$work/same-\$name/upper,workdir=$work/same-\$name/work $work/same-\$name/rootfs
-  done
-  hyperfine --style basic -N --runs $runs --warmup 10 --export-json '$work/crun.json' \
-    -n busybox 'crun run --bundle $work/bundle-busybox bench-up-busybox' \
-    -n debian 'crun run --bundle $work/bundle-debian bench-up-debian'
-  hyperfine --style basic -N --runs $runs --warmup 10 --export-json '$work/crun-same.json' \
-    -n busybox 'crun $crun_flags run --bundle $work/same-busybox bench-same-busybox' \
-    -n debian 'crun $crun_flags run --bundle $work/same-debian bench-same-debian'" >&2
+# One file per side with every round's times, shaped as hyperfine writes them.
+python3 - "$work" "$rounds" <<'PY'
+import json, sys
+work, rounds = sys.argv[1], int(sys.argv[2])
+for side in ["msb", "crun", "crun-same"]:
+    merged = {}
+    for round in range(1, rounds + 1):
+        for result in json.load(open(f"{work}/round-{round}-{side}.json"))["results"]:
+            merged.setdefault(result["command"], []).extend(result["times"])
+    json.dump({"results": [{"command": c, "times": t} for c, t in merged.items()]}, open(f"{work}/{side}.json", "w"))
+PY
+rm -f "$work"/round-*.json
 keep_results up
 
 python3 - "$work" <<'PY'
