@@ -159,7 +159,12 @@ impl SandboxSpec {
     /// sandbox with its PID 1, and creating and removing a cgroup in each v1 hierarchy costs a
     /// boot several milliseconds (an RCU grace period per move into a cgroup).
     pub fn needs_cgroups(&self) -> bool {
-        self.init != Init::Agent || self.cpus.is_some() || self.memory.is_some()
+        self.hands_off_pid1() || self.cpus.is_some() || self.memory.is_some()
+    }
+
+    /// Whether PID 1 is handed to an init (`init = "auto"` or a path) rather than kept by the agent.
+    pub fn hands_off_pid1(&self) -> bool {
+        self.init != Init::Agent
     }
 }
 

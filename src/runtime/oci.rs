@@ -23,7 +23,6 @@ use oci_spec::runtime::{
 };
 
 use super::cgroup::{CgroupLayout, Controller};
-use crate::manifest::Init;
 use super::state::{BackendKind, SandboxDir, State, Status, StopSignal};
 use super::sys::{self, Namespace, ProcessRef};
 use super::view::{self, GUEST_AGENT, GUEST_CONFIG, GUEST_RUN, GUEST_SCRIPTS, GuestConfig};
@@ -386,7 +385,7 @@ pub fn bundle_config(
     // cannot finish their poweroff and are killed after the stop timeout. The same capability
     // also allows kexec_load, which would replace the host's kernel: the seccomp filter below
     // refuses it (as LXC does).
-    let handoff = spec.init != Init::Agent;
+    let handoff = spec.hands_off_pid1();
     let mut capabilities: oci_spec::runtime::Capabilities = CAPABILITIES.into_iter().collect();
     if handoff {
         capabilities.insert(Capability::SysBoot);
@@ -547,6 +546,7 @@ fn mounts(dir: &SandboxDir, spec: &SandboxSpec, cgroups: bool) -> Result<Vec<Mou
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manifest::Init;
     use crate::runtime::ProcessSpec;
 
     fn spec(pid1: Pid1) -> SandboxSpec {

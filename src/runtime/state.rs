@@ -230,13 +230,20 @@ pub enum Status {
 /// The folder itself stays: removing and making it again costs two more journaled metadata
 /// operations on every boot, for a folder that is usually empty already.
 pub(crate) fn empty_dir(dir: &Path) -> Result<(), RuntimeError> {
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return fs::create_dir_all(dir).map_err(RuntimeError::io("create", dir)),
-        Err(cause) => return Err(RuntimeError::Io { op: "read", path: dir.to_owned(), cause }),
-    };
-    for entry in entries {
+    match fs::metadata(dir) {
+        Err(err) if err.kind() == io::ErrorKind::NotFound => fs::create_dir_all(dir).map_err(RuntimeError::io("create", dir)),
+        _ => remove_entries(dir, |_| false),
+    }
+}
+
+/// Removes the entries of `dir` that `keep` does not want: files, links (not what they point
+/// at) and whole folders.
+pub(crate) fn remove_entries(dir: &Path, keep: impl Fn(&fs::DirEntry) -> bool) -> Result<(), RuntimeError> {
+    for entry in fs::read_dir(dir).map_err(RuntimeError::io("read", dir))? {
         let entry = entry.map_err(RuntimeError::io("read", dir))?;
+        if keep(&entry) {
+            continue;
+        }
         let path = entry.path();
         // `file_type` does not follow symlinks: a link to a folder is removed, not its target.
         let removed = match entry.file_type() {

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{Mode, OFlags, ResolveFlags, openat2, readlinkat};
 use serde::Serialize;
 
-use super::state::{SandboxDir, StopSignal, empty_dir, write_if_changed};
+use super::state::{SandboxDir, StopSignal, empty_dir, remove_entries, write_if_changed};
 use crate::agent::protocol::{AgentConfig, InitMode, Listen};
 use super::{Network, RuntimeError, SandboxSpec};
 use crate::manifest::Init;
@@ -79,15 +79,9 @@ fn sync_scripts(dir: &SandboxDir, scripts: &[(String, Vec<u8>)]) -> Result<(), R
             return Err(RuntimeError::Invalid { name: dir.name().into(), reason: format!("`{name}` is not a script name") });
         }
     }
-    for entry in fs::read_dir(&folder).map_err(RuntimeError::io("read", &folder))? {
-        let entry = entry.map_err(RuntimeError::io("read", &folder))?;
-        let wanted = entry.file_type().is_ok_and(|t| t.is_file()) && scripts.iter().any(|(name, _)| entry.file_name() == name.as_str());
-        if !wanted {
-            let path = entry.path();
-            let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
-            removed.map_err(RuntimeError::io("remove", &path))?;
-        }
-    }
+    remove_entries(&folder, |entry| {
+        entry.file_type().is_ok_and(|t| t.is_file()) && scripts.iter().any(|(name, _)| entry.file_name() == name.as_str())
+    })?;
     for (name, body) in scripts {
         let path = folder.join(name);
         write_if_changed(&path, body)?;

@@ -51,10 +51,10 @@ pub use record::{ImageRecord, LayerRecord, RefRecord, RuntimeConfig};
 /// The store's format version, part of its path.
 const FORMAT: &str = "v1";
 
-/// A handle on the store's folder. Cheap to clone; holds no open file.
 /// The folder of the schema's remembered verdicts (see [`Store`]'s `Verdicts`).
 pub(crate) const VERDICTS: &str = "verdicts";
 
+/// A handle on the store's folder. Cheap to clone; holds no open file.
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,

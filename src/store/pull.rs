@@ -68,6 +68,9 @@ impl Store {
     /// the store keeps it under.
     pub async fn pull(&self, source: &ImageSource, options: &PullOptions) -> Result<ImageRecord, PullError> {
         let name = source.to_string();
+        // First, even when the store answers: a pull killed after publishing its last entry,
+        // before removing that entry's lock file, leaves the lock alone in `tmp/`, and the next
+        // pull of that image finds it present. Killed builds leave their folders there too.
         let store = self.clone();
         blocking(move || store.clean_tmp()).await??;
         if options.policy != PullPolicy::Always {
@@ -151,12 +154,10 @@ impl Store {
     /// [`Store::pull`] for callers without an async runtime: runs one for the pull's duration
     /// (only when the store cannot answer by itself).
     pub fn pull_blocking(&self, source: &ImageSource, options: &PullOptions) -> Result<ImageRecord, PullError> {
-        // Even when the store answers: a pull killed after publishing its last entry, before
-        // removing that entry's lock file, leaves the lock alone in `tmp/`, and the next pull of
-        // that image finds it present. Killed builds leave their folders there too.
-        self.clean_tmp()?;
         if options.policy != PullPolicy::Always && options.names.is_empty()
             && let Some(record) = self.lookup(&source.to_string())? {
+                // `pull` cleans `tmp/` first; so does this answer from the store (see there).
+                self.clean_tmp()?;
                 return Ok(record);
             }
         runtime()?.block_on(self.pull(source, options))
