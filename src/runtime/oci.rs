@@ -122,8 +122,10 @@ impl OciBackend {
         (started <= written + Duration::from_millis(50)).then_some(init)
     }
 
-    /// Runs `INIT 0` as root through the sandbox's exec server: how runit is asked to halt.
-    fn halt_runit(&self, dir: &SandboxDir, state: &State) -> bool {
+    /// Runs `INIT 0` as root through the sandbox's exec server: how runit is asked to halt. An
+    /// answer that does not come within `timeout` counts as a refusal (the caller then kills),
+    /// so a stuck sandbox cannot hold `msb stop` past its timeout.
+    fn halt_runit(&self, dir: &SandboxDir, state: &State, timeout: Duration) -> bool {
         let init = state.init_path.clone().unwrap_or_else(|| "/sbin/init".into());
         let request = crate::agent::ExecRequest {
             argv: vec![init, "0".into()],
@@ -133,8 +135,11 @@ impl OciBackend {
             tty: None,
         };
         let socket = self.agent_socket_path(dir);
-        match crate::agent::exec(&socket, &request, io::empty(), &mut io::sink(), &mut io::sink()) {
-            Ok(exit) if exit.code() == 0 => true,
+        let (done, answer) = std::sync::mpsc::channel();
+        // Left behind if it overruns: it ends when the sandbox's exec server does.
+        std::thread::spawn(move || done.send(crate::agent::exec(&socket, &request, io::empty(), &mut io::sink(), &mut io::sink())));
+        match answer.recv_timeout(timeout) {
+            Ok(Ok(exit)) if exit.code() == 0 => true,
             outcome => {
                 tracing::info!(sandbox = %state.name, "runit was not asked to halt: {outcome:?}");
                 false
@@ -252,17 +257,19 @@ impl Backend for OciBackend {
         let init = state.init.or_else(|| Self::pid_file_init(dir));
         if let Some(init) = init.filter(ProcessRef::is_alive) {
             if !timeout.is_zero() {
+                // Asking counts against the timeout too (runit is asked through the exec server).
+                let asking = std::time::Instant::now();
                 let asked = match state.stop_signal {
                     StopSignal::Term => init.signal(rustix::process::Signal::TERM).is_ok(),
                     StopSignal::BusyboxPoweroff => init.signal(rustix::process::Signal::USR2).is_ok(),
                     StopSignal::CtrlAltDel => init.signal(rustix::process::Signal::INT).is_ok(),
-                    StopSignal::RunitHalt => self.halt_runit(dir, state),
+                    StopSignal::RunitHalt => self.halt_runit(dir, state, timeout),
                     // A real-time signal: rustix builds those only unsafely, the runtime by number.
                     StopSignal::SystemdPoweroff => {
                         self.run(&["kill", &state.container_id, &state.stop_signal.number().to_string()]).is_ok()
                     }
                 };
-                if asked && init.wait_gone(timeout) {
+                if asked && init.wait_gone(timeout.saturating_sub(asking.elapsed())) {
                     tracing::debug!(sandbox = %state.name, "PID 1 stopped on its signal");
                 }
             }
