@@ -121,15 +121,19 @@ struct Supervisor<'a> {
 
 impl Supervisor<'_> {
     fn serve(&mut self, mut manifest: Manifest, inbox: &Receiver<Event>) -> Result<i32, Error> {
-        let mut watcher = if self.options.watch { Some(self.watcher()?) } else { None };
-        let mut watched: Vec<(PathBuf, bool)> = Vec::new();
-        let mut set = WatchSet::of(&manifest);
-        if let Some(watcher) = watcher.as_mut() {
-            watched = rewatch(watcher, &[], &set);
+        // Without `--watch`, no watch set either: building one compiles its ignore patterns and
+        // walks `dir:` images, for nothing.
+        let mut watch = if self.options.watch {
+            let mut watcher = self.watcher()?;
+            let set = WatchSet::of(&manifest);
+            let watched = rewatch(&mut watcher, &[], &set);
             (self.hooks.say)(&format!("watching {} paths for changes; Ctrl-C stops", set.folders().len()));
-        }
+            Some((watcher, set, watched))
+        } else {
+            None
+        };
         loop {
-            if !self.options.watch && self.live.values().all(|l| l.waiter.is_none()) {
+            if watch.is_none() && self.live.values().all(|l| l.waiter.is_none()) {
                 return Ok(self.exit_code());
             }
             let Ok(event) = inbox.recv() else { return Ok(self.exit_code()) };
@@ -138,10 +142,11 @@ impl Supervisor<'_> {
                 Event::WatchFailed(message) => (self.hooks.say)(&format!("watch: {message}")),
                 Event::Exited { name, generation, result } => self.exited(&name, generation, result),
                 Event::Files(paths) => {
+                    let Some((watcher, set, watched)) = watch.as_mut() else { continue };
                     if paths.is_empty() || !paths.iter().any(|p| set.matters(p)) {
                         continue;
                     }
-                    if self.settle(inbox, &set) {
+                    if self.settle(inbox, set) {
                         return Ok(130);
                     }
                     match crate::manifest::load_remembered(&manifest.path, self.store) {
@@ -157,10 +162,8 @@ impl Supervisor<'_> {
                             (self.hooks.say)("the Sandboxfile is invalid: the sandboxes keep running as they were");
                         }
                     }
-                    set = WatchSet::of(&manifest);
-                    if let Some(watcher) = watcher.as_mut() {
-                        watched = rewatch(watcher, &watched, &set);
-                    }
+                    *set = WatchSet::of(&manifest);
+                    *watched = rewatch(watcher, watched, set);
                 }
             }
         }

@@ -177,7 +177,7 @@ impl Backend for OciBackend {
         let (config, skipped) = bundle_config(dir, spec, self.layout(), cgroups)?;
         warn_skipped_limits(&skipped, self.layout());
         let config_path = dir.bundle().join("config.json");
-        let bytes = serde_json::to_vec_pretty(&config)
+        let bytes = config_bytes(&config)
             .map_err(|err| RuntimeError::Io { op: "encode", path: config_path.clone(), cause: io::Error::other(err) })?;
         super::state::write_if_changed(&config_path, &bytes)?;
         fs::create_dir_all(&self.state_root).map_err(RuntimeError::io("create", &self.state_root))?;
@@ -485,6 +485,19 @@ pub fn bundle_config(
     Ok((config, skipped))
 }
 
+/// `config.json` as written: the same sandbox gives the same bytes, so an unchanged bundle is not
+/// rewritten. oci-spec keeps capabilities in `HashSet`s, whose order changes from one process to
+/// the next; they are sorted here.
+fn config_bytes(config: &Spec) -> serde_json::Result<Vec<u8>> {
+    let mut value = serde_json::to_value(config)?;
+    if let Some(sets) = value.pointer_mut("/process/capabilities").and_then(serde_json::Value::as_object_mut) {
+        for names in sets.values_mut().filter_map(serde_json::Value::as_array_mut) {
+            names.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
+        }
+    }
+    serde_json::to_vec_pretty(&value)
+}
+
 /// A seccomp filter that allows every system call but the two that load a new kernel. It names
 /// every architecture the host's CPU runs (x86_64 also runs x86 and x32 system calls), or a
 /// 32-bit call would get past it.
@@ -596,6 +609,18 @@ mod tests {
         assert_eq!(json["process"]["capabilities"]["inheritable"], serde_json::json!([]));
         assert_eq!(json["process"]["rlimits"][0]["type"], "RLIMIT_NOFILE");
         assert_eq!(json["linux"]["cgroupsPath"], format!("/{}", dir.container_id()));
+    }
+
+    #[test]
+    fn the_same_sandbox_gives_the_same_config_bytes() {
+        let dir = SandboxDir::new(Path::new("/home/v1"), "worker");
+        let spec = spec(Pid1::Agent { binary: "/opt/msb-agent".into() });
+        // Each bundle_config builds new capability sets, each with its own hash order.
+        let bytes: Vec<Vec<u8>> = (0..8).map(|_| config_bytes(&bundle_config(&dir, &spec, &hybrid(), true).expect("config").0).expect("bytes")).collect();
+        assert!(bytes.windows(2).all(|pair| pair[0] == pair[1]));
+        let json: serde_json::Value = serde_json::from_slice(&bytes[0]).expect("json");
+        let bounding: Vec<&str> = json["process"]["capabilities"]["bounding"].as_array().expect("caps").iter().filter_map(|c| c.as_str()).collect();
+        assert!(bounding.is_sorted() && bounding.len() == CAPABILITIES.len(), "{bounding:?}");
     }
 
     #[test]
