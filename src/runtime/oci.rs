@@ -171,19 +171,7 @@ impl Backend for OciBackend {
 
     fn start(&self, boot: Boot<'_>) -> Result<Started, RuntimeError> {
         let Boot { dir, spec, view, init, detach } = boot;
-        let guest = GuestConfig::new(spec, init, Some(format!("{GUEST_RUN}/{AGENT_SOCKET_NAME}")), None);
-        view::write_guest_config(dir, &guest)?;
         let cgroups = spec.needs_cgroups() || !self.runtime.can_skip_cgroups();
-        let (config, skipped) = bundle_config(dir, spec, self.layout(), cgroups)?;
-        warn_skipped_limits(&skipped, self.layout());
-        let config_path = dir.bundle().join("config.json");
-        let bytes = config_bytes(&config)
-            .map_err(|err| RuntimeError::Io { op: "encode", path: config_path.clone(), cause: io::Error::other(err) })?;
-        super::state::write_if_changed(&config_path, &bytes)?;
-        fs::create_dir_all(&self.state_root).map_err(RuntimeError::io("create", &self.state_root))?;
-
-        let log = OpenOptions::new().append(true).create(true).open(dir.log()).map_err(RuntimeError::io("open", dir.log()))?;
-        let log_err = log.try_clone().map_err(RuntimeError::io("open", dir.log()))?;
         // Against CVE-2019-5736 (a container overwriting the runtime's binary through
         // /proc/self/exe), crun bind-mounts itself read-only and executes itself again from there
         // on every start. msb's private mount namespace makes crun's binary read-only in place
@@ -191,36 +179,52 @@ impl Backend for OciBackend {
         // read-only mount): the same protection, one exec of crun fewer, about 1.3 ms a boot.
         let binary = which::which(&self.runtime.binary).map_err(|err| self.runtime.missing(io::Error::new(io::ErrorKind::NotFound, err)))?;
         let sealed = self.runtime.accepts_sealed_binary();
-        let mut command = self.runtime.command_of(&binary, &self.state_root);
-        if sealed {
-            command.env("_LIBCONTAINER_CLONED_BINARY", "1");
-        }
-        command.arg("--log").arg(dir.runtime_log());
-        if !cgroups {
-            command.arg("--cgroup-manager=disabled");
-        }
-        command.arg("run");
-        if detach {
-            command.arg("--detach");
-        }
-        command
-            .arg("--bundle")
-            .arg(dir.bundle())
-            .arg("--pid-file")
-            .arg(dir.pid_file())
-            .arg(dir.container_id())
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err)
-            // Its own process group: a Ctrl-C at msb's terminal reaches msb alone, which stops the
-            // sandbox in order instead of leaving crun half-killed.
-            .process_group(0);
         let hide = if self.runtime.refuses_hybrid_cgroups() { self.layout().mount_to_hide_from_crun() } else { None };
         let rootfs = dir.rootfs();
         let binds = if sealed { vec![(binary.clone(), binary.clone(), true)] } else { Vec::new() };
         let namespace = Namespace { hide, attach: Some((view, &rootfs)), binds };
-        let mut child = sys::spawn_in_private_namespace(namespace, command).map_err(|err| match err.kind() {
+        // The bundle and the command are made while the namespace is.
+        let command = || -> Result<Command, RuntimeError> {
+            let guest = GuestConfig::new(spec, init, Some(format!("{GUEST_RUN}/{AGENT_SOCKET_NAME}")), None);
+            view::write_guest_config(dir, &guest)?;
+            let (config, skipped) = bundle_config(dir, spec, self.layout(), cgroups)?;
+            warn_skipped_limits(&skipped, self.layout());
+            let config_path = dir.bundle().join("config.json");
+            let bytes = config_bytes(&config)
+                .map_err(|err| RuntimeError::Io { op: "encode", path: config_path.clone(), cause: io::Error::other(err) })?;
+            super::state::write_if_changed(&config_path, &bytes)?;
+            fs::create_dir_all(&self.state_root).map_err(RuntimeError::io("create", &self.state_root))?;
+
+            let log = OpenOptions::new().append(true).create(true).open(dir.log()).map_err(RuntimeError::io("open", dir.log()))?;
+            let log_err = log.try_clone().map_err(RuntimeError::io("open", dir.log()))?;
+            let mut command = self.runtime.command_of(&binary, &self.state_root);
+            if sealed {
+                command.env("_LIBCONTAINER_CLONED_BINARY", "1");
+            }
+            command.arg("--log").arg(dir.runtime_log());
+            if !cgroups {
+                command.arg("--cgroup-manager=disabled");
+            }
+            command.arg("run");
+            if detach {
+                command.arg("--detach");
+            }
+            command
+                .arg("--bundle")
+                .arg(dir.bundle())
+                .arg("--pid-file")
+                .arg(dir.pid_file())
+                .arg(dir.container_id())
+                .current_dir(dir.path())
+                .stdin(Stdio::null())
+                .stdout(log)
+                .stderr(log_err)
+                // Its own process group: a Ctrl-C at msb's terminal reaches msb alone, which stops
+                // the sandbox in order instead of leaving crun half-killed.
+                .process_group(0);
+            Ok(command)
+        };
+        let mut child = sys::spawn_in_private_namespace(namespace, command, |err| match err.kind() {
             io::ErrorKind::NotFound => self.runtime.missing(err),
             _ => RuntimeError::Io { op: "start the sandbox in", path: dir.path().to_owned(), cause: err },
         })?;
