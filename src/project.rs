@@ -96,6 +96,8 @@ impl Project<'_> {
         on_plan: &mut dyn FnMut(&SandboxPlan),
     ) -> Result<Vec<Built>, ProjectError> {
         let sources = digest_sources(self.manifest)?;
+        // Until the plan records are written: the patch layers are published first.
+        let _publishing = self.store.publishing()?;
         // What killed builds left in `tmp/` is cleaned by the pull of each sandbox's image.
         let mut built = Vec::new();
         for (name, config) in self.select(names)? {

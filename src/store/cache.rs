@@ -110,6 +110,8 @@ pub fn list(store: &Store) -> Result<Vec<Entry>, StoreError> {
 /// which is `prune`), nor `in_use` (the layers that existing sandboxes boot on) reaches. Returns
 /// what was removed.
 pub fn collect(store: &Store, keep_for: Option<Duration>, in_use: &[PathBuf]) -> Result<Vec<Entry>, StoreError> {
+    // Pulls and builds in flight finish first: what they publish is kept by what they record.
+    let _collecting = store.collecting()?;
     let now = SystemTime::now();
     let uses = Uses::read(store)?;
     let recent: Vec<&Record> = uses
@@ -266,4 +268,36 @@ pub fn verify(store: &Store) -> Result<Vec<String>, StoreError> {
         }
     }
     Ok(problems)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::RecordStep;
+
+    #[test]
+    fn gc_waits_for_a_build_to_record_the_layer_it_published() {
+        let home = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(Some(home.path())).expect("store");
+        let publishing = store.publishing().expect("publishing");
+        // A build has published a patch layer and not yet written the plan record that keeps it.
+        let key = Digest::of(b"a patch step");
+        fs::create_dir_all(store.layer_path(&key).join("etc")).expect("layer");
+        let collector = {
+            let store = store.clone();
+            std::thread::spawn(move || collect(&store, Some(Duration::from_secs(86_400)), &[]))
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!collector.is_finished(), "gc waits while a build publishes");
+        let record = Record {
+            chain_id: "sha256:image".into(),
+            steps: vec![RecordStep { key: key.to_string(), op: serde_json::json!("text"), source: None }],
+        };
+        fs::create_dir_all(store.root().join("plans")).expect("plans");
+        fs::write(store.root().join("plans/w.json"), serde_json::to_vec(&record).expect("json")).expect("record");
+        drop(publishing);
+        let removed = collector.join().expect("the gc thread").expect("gc");
+        assert!(removed.is_empty(), "{removed:?}");
+        assert!(store.layer_path(&key).is_dir());
+    }
 }

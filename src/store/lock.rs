@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{FlockOperation, flock};
 use rustix::io::Errno;
 
-/// An exclusive lock on a file, held until dropped.
+/// A lock on a file, exclusive or shared with other shared holders, held until dropped.
 #[derive(Debug)]
 pub(crate) struct Lock {
     _file: File,
@@ -20,6 +20,12 @@ impl Lock {
     /// Waits for the lock on `path`, creating the file if needed.
     pub(crate) fn exclusive(path: &Path) -> io::Result<Lock> {
         Self::acquire(path, FlockOperation::LockExclusive)?
+            .ok_or_else(|| io::Error::other("a blocking flock returned EWOULDBLOCK"))
+    }
+
+    /// Waits until nobody holds `path` exclusively, then shares it with any other shared holder.
+    pub(crate) fn shared(path: &Path) -> io::Result<Lock> {
+        Self::acquire(path, FlockOperation::LockShared)?
             .ok_or_else(|| io::Error::other("a blocking flock returned EWOULDBLOCK"))
     }
 

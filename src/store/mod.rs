@@ -105,6 +105,21 @@ impl Store {
     }
 
     /// The lock file of an entry, `kind` being `layer`, `blob`, `image` or `ref`.
+    /// Held (shared) by whatever publishes entries and only then writes the record that keeps
+    /// them: a pull (its layers, then the image's record) and a build (its patch layers, then
+    /// the plan's record). `cache gc` takes it exclusively, so it never removes an entry
+    /// published a moment before the record that would have kept it.
+    pub(crate) fn publishing(&self) -> Result<Lock, StoreError> {
+        let path = self.root.join("locks/store.lock");
+        Lock::shared(&path).map_err(StoreError::io("lock", path))
+    }
+
+    /// The exclusive side of [`Store::publishing`], for `cache gc` and `cache prune`.
+    pub(crate) fn collecting(&self) -> Result<Lock, StoreError> {
+        let path = self.root.join("locks/store.lock");
+        Lock::exclusive(&path).map_err(StoreError::io("lock", path))
+    }
+
     pub(crate) fn lock_path(&self, kind: &str, digest: &Digest) -> PathBuf {
         self.root.join("locks").join(format!("{kind}-{}.lock", digest.hex()))
     }

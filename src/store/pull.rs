@@ -85,6 +85,9 @@ impl Store {
                 return Err(PullError::NotPresent { image: name });
             }
         }
+        // Until the image's record is written: its layers are published first.
+        let store = self.clone();
+        let _publishing = blocking(move || store.publishing()).await??;
         let progress = Progress::new(options.progress);
         let mut names = vec![name.clone()];
         names.extend(options.names.iter().cloned());
