@@ -90,6 +90,8 @@ pub(super) fn push(manifest: &Manifest, store: &Store, built: &[Built], args: &P
         (None, false) => Agent::BesideMsb,
     };
     let started = Instant::now();
+    // The image's blobs are written to the store and then pushed from it: `cache gc` waits.
+    let _publishing = store.publishing()?;
     let assembled = publish::assemble(manifest, store, sandbox, &agent)?;
     let report = publish::push(manifest, store, &assembled, target, ProgressMode::Auto)?;
     eprintln!(

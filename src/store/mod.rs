@@ -106,9 +106,9 @@ impl Store {
 
     /// The lock file of an entry, `kind` being `layer`, `blob`, `image` or `ref`.
     /// Held (shared) by whatever publishes entries and only then writes the record that keeps
-    /// them: a pull (its layers, then the image's record) and a build (its patch layers, then
-    /// the plan's record). `cache gc` takes it exclusively, so it never removes an entry
-    /// published a moment before the record that would have kept it.
+    /// them, or uses them: a pull (its layers, then the image's record), a build (its patch
+    /// layers, then the plan's record), `build --push` (its blobs, then the push). `cache gc`
+    /// takes it exclusively, so it never removes an entry a moment before it is recorded or used.
     pub(crate) fn publishing(&self) -> Result<Lock, StoreError> {
         let path = self.root.join("locks/store.lock");
         Lock::shared(&path).map_err(StoreError::io("lock", path))
