@@ -84,9 +84,16 @@ pub fn boot_spec(manifest: &Manifest, config: &SandboxConfig, built: &Built, age
 
 /// Picks the backend for `config.runtime` and boots `spec`. Detached, it returns once the agent
 /// answers (or PID 1 has already exited), so `msb exec` works right after.
-pub fn start(sandboxes: &Sandboxes, config: &SandboxConfig, spec: &SandboxSpec, detach: bool) -> Result<(Running, Choice), SandboxError> {
+pub fn start(
+    sandboxes: &Sandboxes,
+    manifest: &Manifest,
+    config: &SandboxConfig,
+    spec: &SandboxSpec,
+    detach: bool,
+) -> Result<(Running, Choice), SandboxError> {
     let choice = runtime::choose_backend(config.runtime)?;
-    let options = StartOptions { backend: choice.backend, detach, oci_runtime: OciRuntime::crun() };
+    let options =
+        StartOptions { backend: choice.backend, detach, oci_runtime: OciRuntime::crun(), owner: Some(manifest.path.clone()) };
     let running = sandboxes.start(spec, &options)?;
     if detach {
         wait_ready(sandboxes, &spec.name)?;
@@ -110,6 +117,8 @@ pub enum Detached {
 pub fn up_detached(sandboxes: &Sandboxes, manifest: &Manifest, built: &Built, agent: &Path) -> Result<Detached, SandboxError> {
     let config = &manifest.file.sandbox[&built.name];
     let spec = boot_spec(manifest, config, built, agent)?;
+    // Before comparing specs: another Sandboxfile's sandbox is neither up to date nor restarted.
+    sandboxes.check_owner(&spec.name, &manifest.path)?;
     let restart = match sandboxes.running_digest(&spec.name)? {
         Some(digest) if digest == spec.digest() => return Ok(Detached::UpToDate),
         Some(_) => {
@@ -118,7 +127,7 @@ pub fn up_detached(sandboxes: &Sandboxes, manifest: &Manifest, built: &Built, ag
         }
         None => false,
     };
-    let (_, choice) = start(sandboxes, config, &spec, true)?;
+    let (_, choice) = start(sandboxes, manifest, config, &spec, true)?;
     Ok(if restart { Detached::Restarted(choice) } else { Detached::Started(choice) })
 }
 

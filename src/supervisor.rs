@@ -250,14 +250,14 @@ impl Supervisor<'_> {
         let width = built.iter().map(|b| b.name.as_str().len()).max().unwrap_or(0);
         for (config, spec) in to_start {
             self.stop(&spec.name);
-            self.start(&config, &spec, width)?;
+            self.start(manifest, &config, &spec, width)?;
         }
         self.planned = after;
         Ok(())
     }
 
-    fn start(&mut self, config: &SandboxConfig, spec: &crate::runtime::SandboxSpec, width: usize) -> Result<(), Error> {
-        let (running, choice) = sandbox::start(&self.sandboxes, config, spec, false)?;
+    fn start(&mut self, manifest: &Manifest, config: &SandboxConfig, spec: &crate::runtime::SandboxSpec, width: usize) -> Result<(), Error> {
+        let (running, choice) = sandbox::start(&self.sandboxes, manifest, config, spec, false)?;
         if config.runtime == crate::manifest::Runtime::Auto && !self.said_runtime && !self.options.raw {
             (self.hooks.say)(&format!("runtime {}", choice.reason));
             self.said_runtime = true;

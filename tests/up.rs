@@ -99,6 +99,28 @@ content = "Hello from a patched rootfs!\n"
 }
 
 #[test]
+fn a_sandbox_of_another_sandboxfile_is_refused_not_shared() {
+    let test = project("w", "command = [\"/bin/sh\", \"-c\", \"echo secret of the first > /marker\"]\n").file(
+        "other/Sandboxfile",
+        format!(
+            "[sandbox.w]\nimage = \"{BUSYBOX}\"\ncommand = [\"/bin/sh\", \"-c\", \"if [ -e /marker ]; then cat /marker; else echo no marker; fi\"]\n"
+        ),
+    );
+    assert_eq!(test.msb(["up"]).code, 0);
+    // Same name, same layers, another project: it must not boot on the first one's own layer.
+    for args in [&["up", "-f", "other/Sandboxfile"][..], &["up", "-d", "-f", "other/Sandboxfile"][..]] {
+        let refused = test.msb(args);
+        assert_eq!(refused.code, 1, "{args:?}: {refused:?}");
+        assert!(refused.stderr.contains("belongs to another Sandboxfile") && refused.stderr.contains("`msb rm w`"), "{}", refused.stderr);
+        assert!(!refused.stdout.contains("secret"), "{refused:?}");
+    }
+    assert_eq!(test.msb(["rm", "w"]).code, 0);
+    let fresh = test.msb(["up", "-f", "other/Sandboxfile"]);
+    assert_eq!((fresh.code, fresh.stdout.as_str()), (0, "w | no marker\n"), "{fresh:?}");
+    assert_nothing_left(&test.home());
+}
+
+#[test]
 fn several_sandboxes_run_side_by_side_with_their_names() {
     let test = project("a", "command = [\"echo\", \"from a\"]\n")
         .file("Sandboxfile", format!("[sandbox.a]\nimage = \"{BUSYBOX}\"\ncommand = [\"echo\", \"from a\"]\n[sandbox.bbb]\nimage = \"{BUSYBOX}\"\ncommand = [\"echo\", \"from bbb\"]\n"));

@@ -17,8 +17,10 @@ pub mod view;
 #[cfg(test)]
 mod e2e;
 
+use std::ffi::OsString;
 use std::fs;
 use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStringExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -56,6 +58,12 @@ pub enum RuntimeError {
     Busy { name: String },
     #[error("sandbox `{name}` does not exist")]
     NotFound { name: String },
+    #[error(
+        "sandbox `{name}` belongs to another Sandboxfile, `{}`, and keeps what it wrote in its own layer; \
+         remove it with `msb rm {name}` (its layer goes with it), or give this one another name",
+        owner.display()
+    )]
+    OtherSandboxfile { name: String, owner: PathBuf },
     #[error("runtime = \"krun\" cannot run here: {reason}")]
     KrunUnavailable { reason: String },
     #[error("sandbox `{name}`: {reason}")]
@@ -177,11 +185,14 @@ pub struct StartOptions {
     pub detach: bool,
     /// crun (default) or runc, for the `oci` backend.
     pub oci_runtime: OciRuntime,
+    /// The Sandboxfile booting it. A sandbox's folder and its own layer are its Sandboxfile's:
+    /// another Sandboxfile with a sandbox of the same name is refused, not handed that layer.
+    pub owner: Option<PathBuf>,
 }
 
 impl Default for StartOptions {
     fn default() -> Self {
-        StartOptions { backend: BackendKind::Oci, detach: false, oci_runtime: OciRuntime::crun() }
+        StartOptions { backend: BackendKind::Oci, detach: false, oci_runtime: OciRuntime::crun(), owner: None }
     }
 }
 
@@ -307,6 +318,9 @@ impl Sandboxes {
         let dir = self.dir(&spec.name);
         fs::create_dir_all(dir.path()).map_err(RuntimeError::io("create", dir.path()))?;
         let lock = lock(&dir, false)?.ok_or_else(|| RuntimeError::Busy { name: spec.name.clone() })?;
+        if let Some(owner) = &options.owner {
+            self.check_owner(&spec.name, owner)?;
+        }
         if let Some(state) = dir.read_state()? {
             match self.judge(&dir, &state) {
                 Status::Running { init, .. } => {
@@ -322,6 +336,9 @@ impl Sandboxes {
         }
         let backend = self.backend(options.backend, Some(&options.oci_runtime.binary));
         view::prepare_dir(&dir, spec)?;
+        if let Some(owner) = &options.owner {
+            state::write_if_changed(&dir.owner_file(), owner.as_os_str().as_encoded_bytes())?;
+        }
         let view = view::mount(&dir, &spec.lowers)?;
         tracing::debug!(sandbox = %spec.name, "rootfs view mounted");
         let init = view::resolve_init(&view, &spec.init, &spec.process.argv)
@@ -364,6 +381,18 @@ impl Sandboxes {
         dir.write_state(&state)?;
         drop(lock);
         Ok(Running { sandboxes: self.clone(), dir, state, backend, child: started.child, _supervisor_lock: supervisor_lock })
+    }
+
+    /// Refuses `name` to the Sandboxfile `owner` when it belongs to another one. A sandbox that
+    /// does not exist yet, or was made before msb recorded owners, is anyone's.
+    pub fn check_owner(&self, name: &str, owner: &Path) -> Result<(), RuntimeError> {
+        match fs::read(self.dir(name).owner_file()) {
+            Ok(recorded) if recorded != owner.as_os_str().as_encoded_bytes() => Err(RuntimeError::OtherSandboxfile {
+                name: name.to_owned(),
+                owner: PathBuf::from(OsString::from_vec(recorded)),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// What the sandbox is doing; does not clean anything.

@@ -14,6 +14,7 @@
 //!                  guest.json      bind-mounted at /.msb/config.json (the agent's configuration)
 //!                  bundle/         the OCI bundle's config.json
 //!                  lowers.json     the lowers `upper/` was written against
+//!                  sandboxfile     the Sandboxfile it belongs to: another one may not boot it
 //! ```
 
 use std::fs;
@@ -91,6 +92,10 @@ impl SandboxDir {
     }
     pub(crate) fn lowers_file(&self) -> PathBuf {
         self.root.join("lowers.json")
+    }
+    /// The Sandboxfile the sandbox belongs to (its path, one line).
+    pub(crate) fn owner_file(&self) -> PathBuf {
+        self.root.join("sandboxfile")
     }
 
     /// The OCI container id: the name plus a hash of this folder, so two `MSB_HOME`s running a
