@@ -465,7 +465,8 @@ impl SandboxBuilder {
 
     /// Pulls the image, builds the patch layers that are not cached, and starts the sandbox in
     /// the background; returns once its agent answers. A sandbox of the same name already running
-    /// with the same description is reused; with another, it is restarted.
+    /// with the same description is reused; with another, it is restarted. One that belongs to
+    /// another Sandboxfile (or to a builder with another `project_dir`) is refused.
     ///
     /// ```no_run
     /// # async fn demo() -> Result<(), msb::Error> {
