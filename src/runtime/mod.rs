@@ -318,8 +318,10 @@ impl Sandboxes {
         let dir = self.dir(&spec.name);
         fs::create_dir_all(dir.path()).map_err(RuntimeError::io("create", dir.path()))?;
         let lock = lock(&dir, false)?.ok_or_else(|| RuntimeError::Busy { name: spec.name.clone() })?;
-        if let Some(owner) = &options.owner {
-            self.check_owner(&spec.name, owner)?;
+        if let Some(owner) = &options.owner
+            && !self.check_owner(&spec.name, owner)?
+        {
+            fs::write(dir.owner_file(), owner.as_os_str().as_encoded_bytes()).map_err(RuntimeError::io("write", dir.owner_file()))?;
         }
         if let Some(state) = dir.read_state()? {
             match self.judge(&dir, &state) {
@@ -336,9 +338,6 @@ impl Sandboxes {
         }
         let backend = self.backend(options.backend, Some(&options.oci_runtime.binary));
         view::prepare_dir(&dir, spec)?;
-        if let Some(owner) = &options.owner {
-            state::write_if_changed(&dir.owner_file(), owner.as_os_str().as_encoded_bytes())?;
-        }
         let view = view::mount(&dir, &spec.lowers)?;
         tracing::debug!(sandbox = %spec.name, "rootfs view mounted");
         let init = view::resolve_init(&view, &spec.init, &spec.process.argv)
@@ -384,14 +383,15 @@ impl Sandboxes {
     }
 
     /// Refuses `name` to the Sandboxfile `owner` when it belongs to another one. A sandbox that
-    /// does not exist yet, or was made before msb recorded owners, is anyone's.
-    pub fn check_owner(&self, name: &str, owner: &Path) -> Result<(), RuntimeError> {
+    /// does not exist yet, or was made before msb recorded owners, is anyone's. `true` when
+    /// `owner` is recorded already (a boot records it otherwise).
+    pub fn check_owner(&self, name: &str, owner: &Path) -> Result<bool, RuntimeError> {
         match fs::read(self.dir(name).owner_file()) {
-            Ok(recorded) if recorded != owner.as_os_str().as_encoded_bytes() => Err(RuntimeError::OtherSandboxfile {
-                name: name.to_owned(),
-                owner: PathBuf::from(OsString::from_vec(recorded)),
-            }),
-            _ => Ok(()),
+            Ok(recorded) if recorded == owner.as_os_str().as_encoded_bytes() => Ok(true),
+            Ok(recorded) => {
+                Err(RuntimeError::OtherSandboxfile { name: name.to_owned(), owner: PathBuf::from(OsString::from_vec(recorded)) })
+            }
+            Err(_) => Ok(false),
         }
     }
 

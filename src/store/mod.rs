@@ -110,14 +110,18 @@ impl Store {
     /// layers, then the plan's record), `build --push` (its blobs, then the push). `cache gc`
     /// takes it exclusively, so it never removes an entry a moment before it is recorded or used.
     pub(crate) fn publishing(&self) -> Result<Lock, StoreError> {
-        let path = self.root.join("locks/store.lock");
+        let path = self.store_lock_path();
         Lock::shared(&path).map_err(StoreError::io("lock", path))
     }
 
     /// The exclusive side of [`Store::publishing`], for `cache gc` and `cache prune`.
     pub(crate) fn collecting(&self) -> Result<Lock, StoreError> {
-        let path = self.root.join("locks/store.lock");
+        let path = self.store_lock_path();
         Lock::exclusive(&path).map_err(StoreError::io("lock", path))
+    }
+
+    fn store_lock_path(&self) -> PathBuf {
+        self.root.join("locks/store.lock")
     }
 
     pub(crate) fn lock_path(&self, kind: &str, digest: &Digest) -> PathBuf {
