@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::state::{BackendKind, SandboxDir, State, Status};
 use super::sys::ProcessRef;
-use super::view::{self, GUEST_AGENT, GUEST_CONFIG, GUEST_RUN, GUEST_SCRIPTS, GuestConfig};
+use super::view::{self, GUEST_DIR, GUEST_RUN, GuestConfig};
 use super::{Backend, Boot, Pid1, RuntimeError, SandboxSpec, Started};
 
 /// Set (to a `vm.json` path) in the environment of the msb child that becomes the VMM.
@@ -246,9 +246,7 @@ pub fn vm_config(dir: &SandboxDir, spec: &SandboxSpec) -> Result<VmConfig, Runti
         root: dir.rootfs(),
         binds: vec![
             (binary.clone(), KRUN_INIT.into(), true),
-            (binary.clone(), GUEST_AGENT.into(), true),
-            (dir.scripts(), GUEST_SCRIPTS.into(), true),
-            (dir.guest_config(), GUEST_CONFIG.into(), true),
+            (dir.guest(), GUEST_DIR.into(), true),
             (dir.run_dir(), GUEST_RUN.into(), false),
         ],
         env: vec!["container=msb".into(), "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
@@ -509,8 +507,8 @@ mod tests {
         assert_eq!(config.upper, dir.upper());
         let bind = |guest: &str| config.binds.iter().find(|b| b.1 == guest).cloned().unwrap_or_else(|| panic!("{guest}"));
         assert_eq!(bind("/init.krun"), ("/opt/msb-agent".into(), "/init.krun".into(), true), "the agent is PID 1");
-        assert_eq!(bind("/.msb/agent").0, Path::new("/opt/msb-agent"));
-        assert!(bind("/.msb/scripts").2 && bind("/.msb/config.json").2 && !bind("/.msb/run").2);
+        assert_eq!(bind("/.msb"), (dir.guest(), "/.msb".into(), true), "the agent, its configuration and the scripts");
+        assert_eq!(bind("/.msb/run"), (dir.run_dir(), "/.msb/run".into(), false));
         assert_eq!((config.vsock_port, config.agent_socket.clone()), (AGENT_VSOCK_PORT, dir.agent_socket()));
         assert_eq!(config.console, dir.log());
         assert!(config.env.contains(&"container=msb".to_owned()));

@@ -25,7 +25,7 @@ use oci_spec::runtime::{
 use super::cgroup::{CgroupLayout, Controller};
 use super::state::{BackendKind, SandboxDir, State, Status, StopSignal};
 use super::sys::{self, Namespace, ProcessRef};
-use super::view::{self, GUEST_AGENT, GUEST_CONFIG, GUEST_RUN, GUEST_SCRIPTS, GuestConfig};
+use super::view::{self, GUEST_AGENT, GUEST_DIR, GUEST_RUN, GuestConfig};
 use super::{AGENT_SOCKET_NAME, Backend, Boot, Network, Pid1, RuntimeError, SandboxSpec, Started};
 
 /// The OCI runtime binary: crun (the default) or runc. Both take the same commands here.
@@ -482,7 +482,7 @@ pub fn bundle_config(
         .hostname(spec.name.clone())
         .root(RootBuilder::default().path(dir.rootfs()).readonly(false).build().map_err(invalid)?)
         .process(process)
-        .mounts(mounts(dir, spec, cgroups).map_err(invalid)?)
+        .mounts(mounts(dir, cgroups).map_err(invalid)?)
         .linux(linux)
         .build()
         .map_err(invalid)?;
@@ -531,7 +531,7 @@ fn numeric_user(user: Option<&str>) -> Option<(u32, u32)> {
     Some((uid.parse().ok()?, gid.parse().ok()?))
 }
 
-fn mounts(dir: &SandboxDir, spec: &SandboxSpec, cgroups: bool) -> Result<Vec<Mount>, oci_spec::OciSpecError> {
+fn mounts(dir: &SandboxDir, cgroups: bool) -> Result<Vec<Mount>, oci_spec::OciSpecError> {
     let mount = |destination: &str, typ: &str, source: &Path, options: &[&str]| {
         MountBuilder::default()
             .destination(destination)
@@ -558,11 +558,7 @@ fn mounts(dir: &SandboxDir, spec: &SandboxSpec, cgroups: bool) -> Result<Vec<Mou
         fs("/run/lock", "tmpfs", &["nosuid", "nodev", "noexec", "mode=1777", "size=5m"])?,
         fs("/tmp", "tmpfs", &["nosuid", "nodev", "mode=1777"])?,
     ]);
-    if let Pid1::Agent { binary } = &spec.pid1 {
-        mounts.push(mount(GUEST_AGENT, "bind", binary, &["bind", "ro", "nosuid", "nodev"])?);
-    }
-    mounts.push(mount(GUEST_SCRIPTS, "bind", &dir.scripts(), &["bind", "ro", "nosuid", "nodev"])?);
-    mounts.push(mount(GUEST_CONFIG, "bind", &dir.guest_config(), &["bind", "ro", "nosuid", "nodev", "noexec"])?);
+    mounts.push(mount(GUEST_DIR, "bind", &dir.guest(), &["bind", "ro", "nosuid", "nodev"])?);
     mounts.push(mount(GUEST_RUN, "bind", &dir.run_dir(), &["bind", "rw", "nosuid", "nodev", "noexec"])?);
     Ok(mounts)
 }
@@ -639,11 +635,16 @@ mod tests {
         }
         assert!(options("/sys").contains(&"ro".to_owned()));
         assert!(options("/sys/fs/cgroup").contains(&"rw".to_owned()), "systemd needs a writable cgroup mount");
-        assert_eq!(find("/.msb/agent").source().as_deref(), Some(Path::new("/opt/msb-agent")));
-        assert!(options("/.msb/agent").contains(&"ro".to_owned()) && !options("/.msb/agent").contains(&"noexec".to_owned()));
-        assert_eq!(find("/.msb/scripts").source().as_deref(), Some(dir.scripts().as_path()));
-        assert!(options("/.msb/scripts").contains(&"ro".to_owned()));
-        assert_eq!(find("/.msb/config.json").source().as_deref(), Some(dir.guest_config().as_path()));
+        // One read-only bind for the agent, its configuration and the scripts (it executes them).
+        assert_eq!(find("/.msb").source().as_deref(), Some(dir.guest().as_path()));
+        assert!(options("/.msb").contains(&"ro".to_owned()) && !options("/.msb").contains(&"noexec".to_owned()));
+        assert_eq!(
+            [dir.guest_agent(), dir.guest_config(), dir.scripts()].map(|p| p.parent().map(Path::to_path_buf)),
+            [Some(dir.guest()), Some(dir.guest()), Some(dir.guest())]
+        );
+        // And the socket's folder read-write, bound after (inside) it.
+        let order: Vec<&Path> = mounts.iter().map(|m| m.destination().as_path()).collect();
+        assert_eq!(&order[order.len() - 2..], [Path::new("/.msb"), Path::new("/.msb/run")]);
         assert_eq!(find("/.msb/run").source().as_deref(), Some(dir.run_dir().as_path()));
         assert!(options("/.msb/run").contains(&"rw".to_owned()));
     }

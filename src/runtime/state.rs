@@ -7,11 +7,13 @@
 //!                  supervisor.lock held for its whole life by a foreground msb: free = msb died
 //!                  console.log     the guest's stdout and stderr (this boot)
 //!                  runtime.log     crun's (or runc's) own messages
-//!                  run/            bind-mounted at /.msb/run: the agent's socket
+//!                  guest/          bind-mounted read-only at /.msb:
+//!                      agent       the agent binary (a hard link to the installed one, or a copy)
+//!                      config.json the agent's configuration
+//!                      scripts/    the sandbox's scripts
+//!                      run/        bind-mounted read-write at /.msb/run: the agent's socket
 //!                  upper/ work/    the sandbox's own overlay layer, kept until `rm`
 //!                  rootfs/         mount point of the rootfs view (mounted only in crun's namespace)
-//!                  scripts/        bind-mounted at /.msb/scripts
-//!                  guest.json      bind-mounted at /.msb/config.json (the agent's configuration)
 //!                  bundle/         the OCI bundle's config.json
 //!                  lowers.json     the lowers `upper/` was written against
 //!                  sandboxfile     the Sandboxfile it belongs to: another one may not boot it
@@ -56,8 +58,15 @@ impl SandboxDir {
     pub fn runtime_log(&self) -> PathBuf {
         self.root.join("runtime.log")
     }
+    /// What the guest sees at `/.msb`.
+    pub fn guest(&self) -> PathBuf {
+        self.root.join("guest")
+    }
+    pub fn guest_agent(&self) -> PathBuf {
+        self.guest().join("agent")
+    }
     pub fn run_dir(&self) -> PathBuf {
-        self.root.join("run")
+        self.guest().join("run")
     }
     /// The host side of the agent's socket (`/.msb/run/agent.sock` in the guest).
     pub fn agent_socket(&self) -> PathBuf {
@@ -73,10 +82,10 @@ impl SandboxDir {
         self.root.join("rootfs")
     }
     pub fn scripts(&self) -> PathBuf {
-        self.root.join("scripts")
+        self.guest().join("scripts")
     }
     pub fn guest_config(&self) -> PathBuf {
-        self.root.join("guest.json")
+        self.guest().join("config.json")
     }
     pub fn bundle(&self) -> PathBuf {
         self.root.join("bundle")
