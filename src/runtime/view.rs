@@ -341,6 +341,7 @@ mod tests {
 
         let err = sync_scripts(&dir, &[script("../x", "")]).unwrap_err();
         assert!(err.to_string().contains("not a script name"), "{err}");
+    }
 
     #[test]
     fn the_agent_is_linked_into_the_guest_folder_and_kept_current() {
@@ -391,7 +392,6 @@ mod tests {
         let first = copy.ino();
         place_agent(&dir, &agent).expect("place again");
         assert_eq!(fs::metadata(dir.guest_agent()).expect("copied").ino(), first, "a current copy is kept");
-    }
     }
 
     #[test]
