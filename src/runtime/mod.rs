@@ -338,6 +338,13 @@ impl Sandboxes {
         }
         let backend = self.backend(options.backend, Some(&options.oci_runtime.binary));
         view::prepare_dir(&dir, spec)?;
+        // While the sandbox boots and runs; joined by `Running`.
+        let trash = dir.clone();
+        let emptying = std::thread::spawn(move || {
+            if let Err(err) = trash.empty_trash() {
+                tracing::debug!(sandbox = trash.name(), "the trash is left for the next boot: {err}");
+            }
+        });
         let view = view::mount(&dir, &spec.lowers)?;
         tracing::debug!(sandbox = %spec.name, "rootfs view mounted");
         let init = view::resolve_init(&view, &spec.init, &spec.process.argv)
@@ -379,7 +386,15 @@ impl Sandboxes {
         state.runtime_process = started.runtime_process;
         dir.write_state(&state)?;
         drop(lock);
-        Ok(Running { sandboxes: self.clone(), dir, state, backend, child: started.child, _supervisor_lock: supervisor_lock })
+        Ok(Running {
+            sandboxes: self.clone(),
+            dir,
+            state,
+            backend,
+            child: started.child,
+            emptying: Some(emptying),
+            _supervisor_lock: supervisor_lock,
+        })
     }
 
     /// Refuses `name` to the Sandboxfile `owner` when it belongs to another one. A sandbox that
@@ -552,7 +567,7 @@ impl Sandboxes {
             return Ok(()); // removed meanwhile (`msb rm` of a running sandbox)
         }
         state::empty_dir(&dir.run_dir())?;
-        let _ = fs::remove_file(dir.pid_file());
+        let _ = dir.discard(&dir.pid_file());
         state.stopped = true;
         state.exit_code = exit_code.or(state.exit_code);
         dir.write_state(state)
@@ -586,6 +601,8 @@ pub struct Running {
     state: State,
     backend: Box<dyn Backend>,
     child: Option<Child>,
+    /// The thread emptying the sandbox's trash.
+    emptying: Option<std::thread::JoinHandle<()>>,
     _supervisor_lock: Option<Lock>,
 }
 
@@ -615,6 +632,7 @@ impl Running {
     pub fn wait(mut self, out: Option<&mut dyn Write>, prefix: &str) -> Result<Option<i32>, RuntimeError> {
         let Some(mut child) = self.child.take() else { return Ok(None) };
         let status = follow(&self.log_path(), prefix, &mut child, out)?;
+        self.join_emptying();
         let code = exit_code(status);
         tracing::debug!(sandbox = %self.state.name, code, "PID 1 exited");
         let _lock = lock(&self.dir, true)?;
@@ -631,6 +649,12 @@ impl Running {
         Ok(Some(code))
     }
 
+    fn join_emptying(&mut self) {
+        if let Some(thread) = self.emptying.take() {
+            let _ = thread.join();
+        }
+    }
+
     /// The OCI runtime failed before PID 1 ran (no pid file): its own message is the error.
     fn backend_failure(&self, status: &ExitStatus) -> Option<RuntimeError> {
         if status.success() || self.backend.kind() != BackendKind::Oci || self.dir.pid_file().exists() {
@@ -643,13 +667,15 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
-        tracing::info!(sandbox = %self.state.name, "its supervisor is going away: stopping it");
-        let _lock = lock(&self.dir, true);
-        let _ = self.backend.kill(&self.dir, &self.state);
-        let _ = child.kill();
-        let _ = child.wait();
-        let _ = self.sandboxes.finish(&self.dir, &mut self.state, None);
+        if let Some(mut child) = self.child.take() {
+            tracing::info!(sandbox = %self.state.name, "its supervisor is going away: stopping it");
+            let _lock = lock(&self.dir, true);
+            let _ = self.backend.kill(&self.dir, &self.state);
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = self.sandboxes.finish(&self.dir, &mut self.state, None);
+        }
+        self.join_emptying();
     }
 }
 

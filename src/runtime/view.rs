@@ -49,7 +49,8 @@ pub(crate) fn mount(dir: &SandboxDir, lowers: &[PathBuf]) -> Result<OwnedFd, Run
 
 /// Prepares the sandbox's folder for a boot: its own layer (reset when the lowers changed since
 /// it was written: overlayfs does not support changing lowers under an upper), the agent, an
-/// empty `run/`, the scripts, and a fresh log.
+/// empty `run/`, the scripts, and a fresh log. What it replaces goes to the trash (see
+/// [`SandboxDir::discard`]), for [`SandboxDir::empty_trash`] to remove while the sandbox runs.
 pub(crate) fn prepare_dir(dir: &SandboxDir, spec: &SandboxSpec) -> Result<(), RuntimeError> {
     fs::create_dir_all(dir.path()).map_err(RuntimeError::io("create", dir.path()))?;
     let lowers_json = serde_json::to_vec(&spec.lowers).unwrap_or_default();
@@ -58,10 +59,12 @@ pub(crate) fn prepare_dir(dir: &SandboxDir, spec: &SandboxSpec) -> Result<(), Ru
         if previous.is_some() {
             tracing::info!(sandbox = dir.name(), "its layers changed: starting from a fresh sandbox layer");
         }
-        empty_dir(&dir.upper())?;
-        empty_dir(&dir.work())?;
+        dir.discard(&dir.upper())?;
+        dir.discard(&dir.work())?;
         fs::write(dir.lowers_file(), &lowers_json).map_err(RuntimeError::io("write", dir.lowers_file()))?;
     }
+    // The overlay's scratch folder from the last mount, which the kernel would empty at mount.
+    dir.discard(&dir.work().join("work"))?;
     for path in [dir.upper(), dir.work(), dir.rootfs(), dir.bundle(), dir.scripts(), dir.run_dir()] {
         fs::create_dir_all(&path).map_err(RuntimeError::io("create", &path))?;
     }
@@ -69,6 +72,10 @@ pub(crate) fn prepare_dir(dir: &SandboxDir, spec: &SandboxSpec) -> Result<(), Ru
     place_agent(dir, &spec.pid1)?;
     sync_scripts(dir, &spec.scripts)?;
     for log in [dir.log(), dir.runtime_log()] {
+        if fs::metadata(&log).is_ok_and(|m| m.len() == 0) {
+            continue;
+        }
+        dir.discard(&log)?;
         fs::write(&log, b"").map_err(RuntimeError::io("create", &log))?;
     }
     Ok(())
