@@ -381,7 +381,7 @@ mod tests {
         let sandbox = SandboxDir::new(home.path(), "worker");
         fs::create_dir_all(sandbox.work().join("work/left")).expect("mkdir");
         // The overlay makes its scratch folder with mode 0.
-        fs::set_permissions(sandbox.work().join("work"), fs::Permissions::from_mode(0)).expect("chmod");
+        fs::set_permissions(sandbox.work().join("work"), fs::Permissions::from_mode(0o000)).expect("chmod");
         fs::write(sandbox.log(), "boot 1\n").expect("log");
 
         sandbox.discard(&sandbox.work().join("work")).expect("discard a folder");
