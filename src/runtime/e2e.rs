@@ -140,6 +140,24 @@ fn foreground_streams_output_and_propagates_the_exit_code() {
 }
 
 #[test]
+fn each_boot_has_a_fresh_log_and_keeps_the_sandbox_layer_and_the_trash_holds_one_boot() {
+    let home = Home::new();
+    let boot = |script: &str| {
+        let running = home.sandboxes().start(&home.spec("again", script), &StartOptions::default()).expect("start");
+        running.wait(None, "").expect("wait")
+    };
+    assert_eq!(boot("echo first; echo kept > /etc/kept"), Some(0));
+    assert_eq!(boot("echo second; cat /etc/kept"), Some(0));
+    let dir = home.sandboxes().dir("again");
+    assert_eq!(fs::read_to_string(dir.log()).expect("log"), "second\nkept\n");
+    // What the second boot replaced (the first one's log, pid file and overlay scratch folder)
+    // was removed while it ran; its own pid file waits for the next boot.
+    let trash: Vec<String> = fs::read_dir(dir.path().join("trash")).expect("trash").map(|e| e.expect("entry").file_name().to_string_lossy().into_owned()).collect();
+    assert!(trash.len() == 1 && trash[0].ends_with("init.pid"), "{trash:?}");
+    home.assert_clean("again", None);
+}
+
+#[test]
 fn the_guest_sees_the_view_msb_files_and_limits() {
     let home = Home::new();
     let mut spec = home.spec(
