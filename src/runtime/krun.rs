@@ -317,11 +317,7 @@ impl Backend for KrunBackend {
 
     /// The VMM's namespace and mounts died with it; only libkrun's socket file remains.
     fn remove(&self, dir: &SandboxDir, _state: &State) -> Result<(), RuntimeError> {
-        match fs::remove_file(dir.agent_socket()) {
-            Ok(()) => Ok(()),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(cause) => Err(RuntimeError::Io { op: "remove", path: dir.agent_socket(), cause }),
-        }
+        super::state::remove_file_if_present(&dir.agent_socket())
     }
 }
 

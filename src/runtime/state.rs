@@ -320,6 +320,14 @@ pub(crate) fn empty_dir(dir: &Path) -> Result<(), RuntimeError> {
     }
 }
 
+/// Removes the file `path`; one that is not there is removed already.
+pub(crate) fn remove_file_if_present(path: &Path) -> Result<(), RuntimeError> {
+    match fs::remove_file(path) {
+        Err(cause) if cause.kind() != io::ErrorKind::NotFound => Err(RuntimeError::Io { op: "remove", path: path.to_owned(), cause }),
+        _ => Ok(()),
+    }
+}
+
 /// Removes the entries of `dir` that `keep` does not want: files, links (not what they point
 /// at) and whole folders.
 pub(crate) fn remove_entries(dir: &Path, keep: impl Fn(&fs::DirEntry) -> bool) -> Result<(), RuntimeError> {

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{Mode, OFlags, ResolveFlags, openat2, readlinkat};
 use serde::Serialize;
 
-use super::state::{SandboxDir, StopSignal, empty_dir, remove_entries, write_if_changed};
+use super::state::{SandboxDir, StopSignal, empty_dir, remove_entries, remove_file_if_present, write_if_changed};
 use crate::agent::protocol::{AgentConfig, InitMode, Listen};
 use super::{Network, Pid1, RuntimeError, SandboxSpec};
 use crate::manifest::Init;
@@ -65,7 +65,7 @@ pub(crate) fn prepare_dir(dir: &SandboxDir, spec: &SandboxSpec) -> Result<(), Ru
     }
     // The overlay's scratch folder from the last mount, which the kernel would empty at mount.
     dir.discard(&dir.work().join("work"))?;
-    for path in [dir.upper(), dir.work(), dir.rootfs(), dir.bundle(), dir.scripts(), dir.run_dir()] {
+    for path in [dir.upper(), dir.work(), dir.rootfs(), dir.bundle(), dir.scripts()] {
         fs::create_dir_all(&path).map_err(RuntimeError::io("create", &path))?;
     }
     empty_dir(&dir.run_dir())?;
@@ -86,12 +86,7 @@ pub(crate) fn prepare_dir(dir: &SandboxDir, spec: &SandboxSpec) -> Result<(), Ru
 /// binary changed. A link or copy with the binary's size and modification time is current.
 fn place_agent(dir: &SandboxDir, pid1: &Pid1) -> Result<(), RuntimeError> {
     let target = dir.guest_agent();
-    let Pid1::Agent { binary } = pid1 else {
-        return match fs::remove_file(&target) {
-            Err(cause) if cause.kind() != io::ErrorKind::NotFound => Err(RuntimeError::Io { op: "remove", path: target, cause }),
-            _ => Ok(()),
-        };
-    };
+    let Pid1::Agent { binary } = pid1 else { return remove_file_if_present(&target) };
     let source = fs::metadata(binary).map_err(RuntimeError::io("read", binary))?;
     let modified = source.modified().map_err(RuntimeError::io("read", binary))?;
     if let Ok(placed) = fs::symlink_metadata(&target)
@@ -102,10 +97,7 @@ fn place_agent(dir: &SandboxDir, pid1: &Pid1) -> Result<(), RuntimeError> {
         return Ok(());
     }
     let next = dir.guest().join(".agent.next");
-    match fs::remove_file(&next) {
-        Err(cause) if cause.kind() != io::ErrorKind::NotFound => return Err(RuntimeError::Io { op: "remove", path: next, cause }),
-        _ => {}
-    }
+    remove_file_if_present(&next)?;
     if fs::hard_link(binary, &next).is_err() {
         fs::copy(binary, &next).map_err(RuntimeError::io("copy the agent to", &next))?;
         let copy = fs::File::options().write(true).open(&next).map_err(RuntimeError::io("open", &next))?;
