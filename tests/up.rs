@@ -99,6 +99,28 @@ content = "Hello from a patched rootfs!\n"
 }
 
 #[test]
+fn a_handed_off_init_that_powers_off_or_restarts_exits_0_and_a_failing_one_does_not() {
+    let inittab = |action: &str| {
+        format!("init = \"/sbin/init\"\n[[sandbox.init.patch]]\nop = \"text\"\npath = \"/etc/inittab\"\ncontent = \"::once:/bin/sh -c 'echo up; {action}'\\n\"\nreplace = true\n")
+    };
+    let cases = [
+        ("poweroff", inittab("poweroff"), 0),
+        ("halt", inittab("halt"), 0),
+        ("restart", inittab("reboot"), 0),
+        ("an init that fails", "init = \"/bin/false\"\n".to_owned(), 1),
+    ];
+    for (what, body, code) in cases {
+        let test = project("init", &body);
+        let out = test.msb(["up"]);
+        assert_eq!(out.code, code, "{what}: {out:?}");
+        if code == 0 {
+            assert!(out.stdout.contains("init | up"), "{what}: the inittab ran: {out:?}");
+        }
+        assert_nothing_left(&test.home());
+    }
+}
+
+#[test]
 fn a_sandbox_of_another_sandboxfile_is_refused_not_shared() {
     let test = project("w", "command = [\"/bin/sh\", \"-c\", \"echo secret of the first > /marker\"]\n").file(
         "other/Sandboxfile",

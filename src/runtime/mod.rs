@@ -633,7 +633,7 @@ impl Running {
         let Some(mut child) = self.child.take() else { return Ok(None) };
         let status = follow(&self.log_path(), prefix, &mut child, out)?;
         self.join_emptying();
-        let code = exit_code(status);
+        let code = self.reboot_as_exit(exit_code(status));
         tracing::debug!(sandbox = %self.state.name, code, "PID 1 exited");
         let _lock = lock(&self.dir, true)?;
         // `msb stop` (or Ctrl-C) from elsewhere has already stopped it and cleaned up.
@@ -647,6 +647,25 @@ impl Running {
         self.sandboxes.finish(&self.dir, &mut self.state, Some(code))?;
         tracing::debug!(sandbox = %self.state.name, "cleaned up");
         Ok(Some(code))
+    }
+
+    /// A handed-off init that calls reboot(2) ends its PID namespace, and the kernel reports it
+    /// killed by SIGINT (poweroff, halt) or SIGHUP (restart); `crun run` exits 128+N. That is how
+    /// such an init stops on purpose, so it is a clean exit, 0. Nothing else ends a namespace's
+    /// init with those signals: the kernel drops every signal it has no handler for, except
+    /// SIGKILL and SIGSTOP from outside. A restart is not done: the sandbox stays stopped.
+    fn reboot_as_exit(&self, code: i32) -> i32 {
+        const POWEROFF: i32 = 128 + 2; // SIGINT
+        const RESTART: i32 = 128 + 1; // SIGHUP
+        if self.state.init_path.is_none() || self.backend.kind() != BackendKind::Oci {
+            return code;
+        }
+        match code {
+            POWEROFF => tracing::info!(sandbox = %self.state.name, "its init powered off"),
+            RESTART => tracing::info!(sandbox = %self.state.name, "its init asked for a restart; msb does not restart a sandbox"),
+            _ => return code,
+        }
+        0
     }
 
     fn join_emptying(&mut self) {
