@@ -107,13 +107,17 @@ fn with_path(err: io::Error, op: &str, path: &Path) -> io::Error {
     io::Error::new(err.kind(), format!("cannot {op} {}: {err}", path.display()))
 }
 
+/// No pid file is there this early (crun starts PID 1 4 to 15 ms after its exec, here); a look
+/// sooner only takes a CPU from crun on a small host.
+const FIRST_LOOK: Duration = Duration::from_millis(3);
+
 /// Waits until the file `path` holds a pid (crun writes its pid file once PID 1 exists), `child`
 /// exits, or `timeout` passes.
 ///
-/// It looks every half millisecond for the first 100 ms (crun takes 5 to 15), then every 10 ms,
-/// and wakes at once when `child` exits (its pidfd turns readable). Not inotify: closing an
-/// inotify descriptor waits for an SRCU grace period in the kernel, 5 to 20 ms measured here, on
-/// the critical path of every boot; a few wake-ups cost microseconds.
+/// It looks at once, then from [`FIRST_LOOK`] every half millisecond up to 100 ms (crun takes 4
+/// to 15), then every 10 ms, and wakes at once when `child` exits (its pidfd turns readable).
+/// Not inotify: closing an inotify descriptor waits for an SRCU grace period in the kernel, 5 to
+/// 20 ms measured here, on the critical path of every boot; a few wake-ups cost microseconds.
 pub(crate) fn wait_for_pid_file(path: &Path, child: &mut Child, timeout: Duration) -> io::Result<Option<i32>> {
     let read_pid = || fs::read_to_string(path).ok().and_then(|s| s.trim().parse::<i32>().ok());
     let pidfd = Pid::from_raw(child.id() as i32).and_then(|pid| pidfd_open(pid, PidfdFlags::empty()).ok());
@@ -129,7 +133,13 @@ pub(crate) fn wait_for_pid_file(path: &Path, child: &mut Child, timeout: Duratio
         if waited >= timeout {
             return Ok(None);
         }
-        let step = if waited < Duration::from_millis(100) { Duration::from_micros(500) } else { Duration::from_millis(10) };
+        let step = if waited < FIRST_LOOK {
+            FIRST_LOOK - waited
+        } else if waited < Duration::from_millis(100) {
+            Duration::from_micros(500)
+        } else {
+            Duration::from_millis(10)
+        };
         match &pidfd {
             Some(pidfd) => {
                 let spec = rustix::event::Timespec { tv_sec: 0, tv_nsec: i64::from(step.subsec_nanos()) };
