@@ -24,7 +24,7 @@ use rustix::io::Errno;
 use rustix::process::{Pid, Signal, WaitOptions, WaitStatus};
 
 use super::process::{self, LaunchError};
-use super::protocol::{AgentConfig, CONFIG_PATH, InitMode, Listen, PROTOCOL_VERSION};
+use super::protocol::{AgentConfig, GUEST_CONFIG, InitMode, Listen, PROTOCOL_VERSION};
 use super::{mounts, server, user};
 
 /// The agent could not set the sandbox up (the runtime convention for "the runtime failed").
@@ -51,7 +51,7 @@ const USAGE: &str = "usage: msb-agent [--config PATH]   boot a sandbox (as its P
 
 fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
     let mut args = args.into_iter();
-    let (mut config, mut serve) = (PathBuf::from(CONFIG_PATH), false);
+    let (mut config, mut serve) = (PathBuf::from(GUEST_CONFIG), false);
     while let Some(arg) = args.next() {
         match arg.to_str() {
             Some("--serve") => serve = true,
@@ -72,7 +72,7 @@ pub fn main() -> ! {
         // A kernel passes what it does not understand on its command line to init: boot anyway.
         Err(err) if pid1 => {
             eprintln!("msb-agent: {err} (ignored)");
-            Args::Boot { config: CONFIG_PATH.into() }
+            Args::Boot { config: GUEST_CONFIG.into() }
         }
         Err(err) => fail(2, format!("{err}\n{USAGE}")),
     };
@@ -332,7 +332,7 @@ mod tests {
 
     #[test]
     fn arguments() {
-        assert_eq!(args(&[]), Ok(Args::Boot { config: CONFIG_PATH.into() }));
+        assert_eq!(args(&[]), Ok(Args::Boot { config: GUEST_CONFIG.into() }));
         assert_eq!(args(&["--config", "/c.json"]), Ok(Args::Boot { config: "/c.json".into() }));
         assert_eq!(args(&["--serve", "--config", "/c.json"]), Ok(Args::Serve { config: "/c.json".into() }));
         assert_eq!(args(&["--version"]), Ok(Args::Version));

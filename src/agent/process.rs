@@ -11,7 +11,7 @@ use indexmap::IndexMap;
 use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, pthread_sigmask};
 use rustix::process::{Gid, Uid};
 
-use super::protocol::SCRIPTS_DIR;
+use super::protocol::GUEST_SCRIPTS;
 use super::user::{Identity, UserError};
 
 /// `PATH` when the image sets none (Docker's default).
@@ -56,7 +56,7 @@ pub(crate) fn environment(base: &[String], extra: &[String], home: &str, tty: bo
         }
     }
     let path = env.get("PATH").filter(|p| !p.is_empty()).map_or(DEFAULT_PATH, String::as_str);
-    let path: Vec<&str> = std::iter::once(SCRIPTS_DIR).chain(path.split(':').filter(|dir| *dir != SCRIPTS_DIR)).collect();
+    let path: Vec<&str> = std::iter::once(GUEST_SCRIPTS).chain(path.split(':').filter(|dir| *dir != GUEST_SCRIPTS)).collect();
     env.insert("PATH".into(), path.join(":"));
     env.entry("HOME".into()).or_insert_with(|| home.to_owned());
     if tty {

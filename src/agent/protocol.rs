@@ -22,10 +22,17 @@ pub const MAX_PAYLOAD: usize = 1 << 20;
 /// How much stdin/stdout/stderr one data frame carries at most.
 pub const CHUNK: usize = 32 * 1024;
 
-/// Where msb binds the agent's configuration in every sandbox.
-pub const CONFIG_PATH: &str = "/.msb/config.json";
-/// Where msb mounts the sandbox's scripts; always first on `PATH`.
-pub const SCRIPTS_DIR: &str = "/.msb/scripts";
+/// Where msb's files appear in every sandbox: one read-only bind of the sandbox's `guest/`
+/// folder, with its `run/` bound read-write over it.
+pub const GUEST_DIR: &str = "/.msb";
+/// The agent itself.
+pub const GUEST_AGENT: &str = "/.msb/agent";
+/// The agent's configuration.
+pub const GUEST_CONFIG: &str = "/.msb/config.json";
+/// The sandbox's scripts; always first on `PATH`.
+pub const GUEST_SCRIPTS: &str = "/.msb/scripts";
+/// Where the agent listens for exec (its unix socket).
+pub const GUEST_RUN: &str = "/.msb/run";
 
 /// `/.msb/config.json`: what the agent does in one sandbox. Written by msb, read by the agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

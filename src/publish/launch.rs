@@ -11,7 +11,7 @@
 //! chosen init as PID 1. Nothing then serves `msb exec`; scripts are still on `PATH`.
 
 use crate::manifest::{Init, SandboxConfig};
-use crate::runtime::view::{GUEST_AGENT, GUEST_RUN, GUEST_SCRIPTS};
+use crate::agent::protocol::{GUEST_AGENT, GUEST_RUN, GUEST_SCRIPTS};
 use crate::runtime::{AGENT_SOCKET_NAME, GuestConfig, ProcessSpec, ResolvedInit, StopSignal};
 use crate::store::RuntimeConfig;
 

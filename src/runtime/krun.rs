@@ -22,7 +22,8 @@ use serde::{Deserialize, Serialize};
 
 use super::state::{BackendKind, SandboxDir, State, Status};
 use super::sys::ProcessRef;
-use super::view::{self, GUEST_DIR, GUEST_RUN, GuestConfig};
+use super::view::{self, GuestConfig};
+use crate::agent::protocol::{GUEST_DIR, GUEST_RUN};
 use super::{Backend, Boot, Pid1, RuntimeError, SandboxSpec, Started};
 
 /// Set (to a `vm.json` path) in the environment of the msb child that becomes the VMM.

@@ -25,7 +25,8 @@ use oci_spec::runtime::{
 use super::cgroup::{CgroupLayout, Controller};
 use super::state::{BackendKind, SandboxDir, State, Status, StopSignal};
 use super::sys::{self, Namespace, ProcessRef};
-use super::view::{self, GUEST_AGENT, GUEST_DIR, GUEST_RUN, GuestConfig};
+use super::view::{self, GuestConfig};
+use crate::agent::protocol::{GUEST_AGENT, GUEST_DIR, GUEST_RUN};
 use super::{AGENT_SOCKET_NAME, Backend, Boot, Network, Pid1, RuntimeError, SandboxSpec, Started};
 
 /// The OCI runtime binary: crun (the default) or runc. Both take the same commands here.

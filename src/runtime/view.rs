@@ -18,16 +18,10 @@ use rustix::fs::{Mode, OFlags, ResolveFlags, openat2, readlinkat};
 use serde::Serialize;
 
 use super::state::{SandboxDir, StopSignal, empty_dir, remove_entries, remove_file_if_present, write_if_changed};
-use crate::agent::protocol::{AgentConfig, InitMode, Listen};
+use crate::agent::protocol::{AgentConfig, GUEST_RUN, InitMode, Listen};
 use super::{Network, Pid1, RuntimeError, SandboxSpec};
 use crate::manifest::Init;
 use crate::sys::overlay::{self, Upper};
-
-/// Where msb's files appear in the guest.
-pub const GUEST_DIR: &str = "/.msb";
-pub const GUEST_AGENT: &str = "/.msb/agent";
-pub const GUEST_SCRIPTS: &str = "/.msb/scripts";
-pub const GUEST_RUN: &str = "/.msb/run";
 
 /// The inits `init = "auto"` recognizes, in the order it looks for them.
 pub const KNOWN_INITS: [&str; 4] = ["/init", "/sbin/init", "/lib/systemd/systemd", "/usr/lib/systemd/systemd"];
