@@ -290,7 +290,7 @@ impl Backend for KrunBackend {
             .spawn()
             .map_err(RuntimeError::io("start", &exe))?;
         let runtime_process = ProcessRef::of(child.id() as i32);
-        Ok(Started { init: None, runtime_process, child: (!detach).then_some(child) })
+        Ok(Started { init: None, runtime_process, child: (!detach).then_some(child), namespace: None })
     }
 
     /// The guest's PID 1 is out of the host's reach: the VMM gets SIGTERM, then SIGKILL.
@@ -348,7 +348,7 @@ fn run_vmm(path: &Path) -> Result<std::convert::Infallible, String> {
     for (source, guest, read_only) in &config.binds {
         binds.push((source.clone(), config.root.join(guest.trim_start_matches('/')), *read_only));
     }
-    super::sys::prepare(super::sys::Namespace { hide: None, attach: Some((view, &config.root)), binds: Vec::new() })
+    super::sys::prepare(super::sys::Namespace { attach: Some((view, config.root.clone())), binds: Vec::new() })
         .map_err(|e| e.to_string())?;
     // Mount points live in the sandbox's own layer.
     for (source, target, _) in &binds {
@@ -361,7 +361,7 @@ fn run_vmm(path: &Path) -> Result<std::convert::Infallible, String> {
             fs::write(target, b"").map_err(|e| format!("cannot create {}: {e}", target.display()))?;
         }
     }
-    super::sys::prepare(super::sys::Namespace { hide: None, attach: None, binds }).map_err(|e| e.to_string())?;
+    super::sys::prepare(super::sys::Namespace { attach: None, binds }).map_err(|e| e.to_string())?;
     enter(&config)
 }
 

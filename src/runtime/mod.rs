@@ -235,6 +235,8 @@ pub struct Started {
     pub runtime_process: Option<ProcessRef>,
     /// Foreground only: the process whose exit is the sandbox's (`crun run`, the VMM).
     pub child: Option<Child>,
+    /// Foreground oci only: the thread holding crun's mount namespace, let go once crun exits.
+    pub(crate) namespace: Option<sys::PrivateNamespace>,
 }
 
 /// One boot, as handed to a backend: the folder is prepared, the view mounted (detached) and the
@@ -392,6 +394,7 @@ impl Sandboxes {
             state,
             backend,
             child: started.child,
+            namespace: started.namespace,
             emptying: Some(emptying),
             _supervisor_lock: supervisor_lock,
         })
@@ -601,6 +604,7 @@ pub struct Running {
     state: State,
     backend: Box<dyn Backend>,
     child: Option<Child>,
+    namespace: Option<sys::PrivateNamespace>,
     /// The thread emptying the sandbox's trash.
     emptying: Option<std::thread::JoinHandle<()>>,
     _supervisor_lock: Option<Lock>,
@@ -631,7 +635,18 @@ impl Running {
     /// returns its exit code (128+N when killed by signal N). Detached: returns `None` at once.
     pub fn wait(mut self, out: Option<&mut dyn Write>, prefix: &str) -> Result<Option<i32>, RuntimeError> {
         let Some(mut child) = self.child.take() else { return Ok(None) };
-        let status = follow(&self.log_path(), prefix, &mut child, out)?;
+        let status = follow(&self.log_path(), prefix, &mut child, out);
+        // crun has exited: the namespace is torn down on its thread while the exit is recorded.
+        let closing = self.namespace.take().map(sys::PrivateNamespace::close);
+        let recorded = status.and_then(|status| self.record_exit(status));
+        if let Some(thread) = closing {
+            let _ = thread.join();
+        }
+        recorded
+    }
+
+    /// After PID 1 and the runtime have exited: cleans up and returns PID 1's exit code.
+    fn record_exit(&mut self, status: ExitStatus) -> Result<Option<i32>, RuntimeError> {
         self.join_emptying();
         let code = self.reboot_as_exit(exit_code(status));
         tracing::debug!(sandbox = %self.state.name, code, "PID 1 exited");
@@ -693,6 +708,9 @@ impl Drop for Running {
             let _ = child.kill();
             let _ = child.wait();
             let _ = self.sandboxes.finish(&self.dir, &mut self.state, None);
+        }
+        if let Some(namespace) = self.namespace.take() {
+            let _ = namespace.close().join();
         }
         self.join_emptying();
     }

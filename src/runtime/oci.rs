@@ -24,7 +24,7 @@ use oci_spec::runtime::{
 
 use super::cgroup::{CgroupLayout, Controller};
 use super::state::{BackendKind, SandboxDir, State, Status, StopSignal};
-use super::sys::{self, Namespace, ProcessRef};
+use super::sys::{self, Namespace, PrivateNamespace, ProcessRef};
 use super::view::{self, GuestConfig};
 use crate::agent::protocol::{GUEST_AGENT, GUEST_DIR, GUEST_RUN};
 use super::{AGENT_SOCKET_NAME, Backend, Boot, Network, Pid1, RuntimeError, SandboxSpec, Started};
@@ -180,11 +180,11 @@ impl Backend for OciBackend {
         // read-only mount): the same protection, one exec of crun fewer, about 1.3 ms a boot.
         let binary = which::which(&self.runtime.binary).map_err(|err| self.runtime.missing(io::Error::new(io::ErrorKind::NotFound, err)))?;
         let sealed = self.runtime.accepts_sealed_binary();
-        let hide = if self.runtime.refuses_hybrid_cgroups() { self.layout().mount_to_hide_from_crun() } else { None };
-        let rootfs = dir.rootfs();
+        let hide = if self.runtime.refuses_hybrid_cgroups() { self.layout().mount_to_hide_from_crun().map(Path::to_owned) } else { None };
+        // Made on its own thread while the bundle and the command are made here.
+        let namespace = PrivateNamespace::enter(hide);
         let binds = if sealed { vec![(binary.clone(), binary.clone(), true)] } else { Vec::new() };
-        let namespace = Namespace { hide, attach: Some((view, &rootfs)), binds };
-        // The bundle and the command are made while the namespace is.
+        let prepared = Namespace { attach: Some((view, dir.rootfs())), binds };
         let command = || -> Result<Command, RuntimeError> {
             let guest = GuestConfig::new(spec, init, Some(format!("{GUEST_RUN}/{AGENT_SOCKET_NAME}")), None);
             view::write_guest_config(dir, &guest)?;
@@ -225,7 +225,7 @@ impl Backend for OciBackend {
                 .process_group(0);
             Ok(command)
         };
-        let mut child = sys::spawn_in_private_namespace(namespace, command, |err| match err.kind() {
+        let mut child = namespace.spawn(prepared, command()?).map_err(|err| match err.kind() {
             io::ErrorKind::NotFound => self.runtime.missing(err),
             _ => RuntimeError::Io { op: "start the sandbox in", path: dir.path().to_owned(), cause: err },
         })?;
@@ -241,7 +241,8 @@ impl Backend for OciBackend {
                 return Err(failed(status));
             }
             let init = Self::read_pid(dir).and_then(ProcessRef::of);
-            return Ok(Started { init, runtime_process: None, child: None });
+            let _ = namespace.close().join();
+            return Ok(Started { init, runtime_process: None, child: None, namespace: None });
         }
         tracing::debug!(sandbox = %spec.name, "{} started", self.runtime.name());
         let runtime_process = ProcessRef::of(child.id() as i32);
@@ -255,7 +256,7 @@ impl Backend for OciBackend {
                 None => tracing::warn!(sandbox = %spec.name, "{} reported no PID 1 within 30 s", self.runtime.name()),
             }
         }
-        Ok(Started { init: pid.and_then(ProcessRef::of), runtime_process, child: Some(child) })
+        Ok(Started { init: pid.and_then(ProcessRef::of), runtime_process, child: Some(child), namespace: Some(namespace) })
     }
 
     fn stop(&self, dir: &SandboxDir, state: &State, timeout: Duration) -> Result<(), RuntimeError> {

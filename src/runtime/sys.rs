@@ -2,18 +2,20 @@
 //! sandbox processes.
 //!
 //! crun needs the rootfs as a *path*, and on hybrid hosts must not see the cgroup2 mount. Both
-//! are arranged in a private mount namespace made by a short-lived thread: the thread unshares
-//! its mount namespace, makes every mount private (nothing propagates back to the host), hides
-//! the cgroup2 mount, attaches the detached overlay at the rootfs path and spawns crun, which
-//! inherits that namespace. The thread then ends, so the namespace lives exactly as long as crun
-//! and the container: when they die, the kernel drops it and every mount in it. The host's mount
-//! table never sees a sandbox mount, so a killed msb cannot leak one.
+//! are arranged in a private mount namespace made by a thread of msb's: the thread unshares its
+//! mount namespace, makes every mount private (nothing propagates back to the host), hides the
+//! cgroup2 mount, attaches the detached overlay at the rootfs path and spawns crun, which
+//! inherits that namespace. The namespace lives as long as crun, the container and that thread,
+//! which msb lets go once crun has exited: then the kernel drops it and every mount in it. The
+//! host's mount table never sees a sandbox mount, so a killed msb cannot leak one.
 
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use rustix::event::{PollFd, PollFlags, poll};
@@ -22,48 +24,71 @@ use rustix::mount::{MountPropagationFlags, MoveMountFlags, UnmountFlags, mount_c
 use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
 use serde::{Deserialize, Serialize};
 
-/// What the private mount namespace gets before the command starts.
+/// What a private mount namespace gets before a command starts there.
 #[derive(Debug, Default)]
-pub(crate) struct Namespace<'a> {
-    /// A mount to unmount in the namespace only (the hybrid host's cgroup2 mount).
-    pub(crate) hide: Option<&'a Path>,
+pub(crate) struct Namespace {
     /// A detached mount (from `sys::overlay::mount`) and the path to attach it at.
-    pub(crate) attach: Option<(OwnedFd, &'a Path)>,
+    pub(crate) attach: Option<(OwnedFd, PathBuf)>,
     /// Read-only and read-write bind mounts to make after attaching (krun, which has no OCI
     /// runtime to make them; crun's own binary, sealed read-only): `(source, target, read_only)`.
     pub(crate) binds: Vec<(PathBuf, PathBuf, bool)>,
 }
 
-/// Spawns the command `make` builds in a new private mount namespace prepared as `ns` says.
+/// A thread in a private mount namespace of its own, which spawns the OCI runtime there and
+/// holds the namespace until [`PrivateNamespace::close`].
 ///
-/// The namespace is made on a short-lived thread while `make` runs on the caller's, so the two
-/// overlap (a quarter of a millisecond a boot, measured). When `make` fails nothing is spawned
-/// and its error is returned; a failure to make the namespace or to spawn goes through
-/// `spawn_error`.
-pub(crate) fn spawn_in_private_namespace<E>(
-    ns: Namespace<'_>,
-    make: impl FnOnce() -> Result<Command, E>,
-    spawn_error: impl FnOnce(io::Error) -> E,
-) -> Result<Child, E> {
-    std::thread::scope(|scope| {
-        let (send, receive) = std::sync::mpsc::sync_channel::<Command>(1);
-        let namespace = scope.spawn(move || {
-            enter_private_mount_namespace()?;
-            prepare(ns)?;
-            // Nothing arrives when `make` failed: nothing to spawn, and its error is the one told.
-            let mut command = receive.recv().map_err(|_| io::Error::other("no command to spawn"))?;
-            command.spawn()
+/// Whoever holds a namespace last tears it down as it exits: every mount in it is unmounted, and
+/// the overlay's unmount syncs the filesystem of its upper layer (about a millisecond here).
+/// When crun was that holder, msb waited for all of it in crun's exit; with the thread holding
+/// on, msb learns of crun's exit first and records it while the thread tears down.
+pub(crate) struct PrivateNamespace {
+    jobs: mpsc::Sender<Job>,
+    thread: JoinHandle<()>,
+}
+
+/// Work for the namespace's thread, given whether the namespace could be made.
+type Job = Box<dyn FnOnce(Result<(), &io::Error>) + Send>;
+
+impl PrivateNamespace {
+    /// Starts the thread, which makes the namespace and unmounts `hide` in it (the hybrid host's
+    /// cgroup2 mount) while the caller goes on; a failure comes back from the first spawn.
+    pub(crate) fn enter(hide: Option<PathBuf>) -> PrivateNamespace {
+        let (jobs, received) = mpsc::channel::<Job>();
+        let thread = std::thread::spawn(move || {
+            let entered = enter_private_mount_namespace().and_then(|()| unmount_if_mounted(hide.as_deref()));
+            for job in received {
+                job(entered.as_ref().map(|_| ()));
+            }
         });
-        let made = make().map(|command| {
-            // Refused only when the thread has already failed: its error follows.
-            let _ = send.send(command);
+        PrivateNamespace { jobs, thread }
+    }
+
+    /// Prepares the namespace as `ns` says and spawns `command` in it.
+    pub(crate) fn spawn(&self, ns: Namespace, mut command: Command) -> io::Result<Child> {
+        let (send, receive) = mpsc::sync_channel(1);
+        let job: Job = Box::new(move |entered| {
+            let spawned = match entered {
+                Ok(()) => prepare(ns).and_then(|()| command.spawn()),
+                Err(err) => Err(io::Error::new(err.kind(), format!("cannot make a private mount namespace: {err}"))),
+            };
+            let _ = send.send(spawned);
         });
-        // Dropped before the join, sent or not: a thread still waiting then learns there is
-        // nothing to spawn.
-        drop(send);
-        let spawned = namespace.join().unwrap_or_else(|_| Err(io::Error::other("the namespace thread panicked")));
-        made.and_then(|()| spawned.map_err(spawn_error))
-    })
+        self.jobs.send(job).map_err(|_| io::Error::other("the namespace thread is gone"))?;
+        receive.recv().map_err(|_| io::Error::other("the namespace thread panicked"))?
+    }
+
+    /// Lets the thread go: it tears the namespace down as it exits. Join the handle to wait for
+    /// that.
+    pub(crate) fn close(self) -> JoinHandle<()> {
+        drop(self.jobs);
+        self.thread
+    }
+}
+
+impl std::fmt::Debug for PrivateNamespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PrivateNamespace")
+    }
 }
 
 /// Moves the calling thread (only it: its fs context is unshared too) into a new mount
@@ -76,18 +101,20 @@ pub(crate) fn enter_private_mount_namespace() -> io::Result<()> {
     Ok(())
 }
 
-/// Applies `ns` in the calling thread's (already private) mount namespace.
-pub(crate) fn prepare(ns: Namespace<'_>) -> io::Result<()> {
-    if let Some(path) = ns.hide {
-        match unmount(path, UnmountFlags::DETACH) {
-            Ok(()) => {}
-            Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOENT) => {} // not a mount here
-            Err(err) => return Err(with_path(err.into(), "unmount", path)),
-        }
+/// Unmounts `path` in the calling thread's (private) mount namespace, if it is a mount there.
+fn unmount_if_mounted(path: Option<&Path>) -> io::Result<()> {
+    let Some(path) = path else { return Ok(()) };
+    match unmount(path, UnmountFlags::DETACH) {
+        Ok(()) | Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOENT) => Ok(()),
+        Err(err) => Err(with_path(err.into(), "unmount", path)),
     }
+}
+
+/// Applies `ns` in the calling thread's (already private) mount namespace.
+pub(crate) fn prepare(ns: Namespace) -> io::Result<()> {
     if let Some((mount, target)) = ns.attach {
-        move_mount(mount.as_fd(), "", CWD, target, MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH)
-            .map_err(|err| with_path(err.into(), "attach the rootfs at", target))?;
+        move_mount(mount.as_fd(), "", CWD, &target, MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH)
+            .map_err(|err| with_path(err.into(), "attach the rootfs at", &target))?;
     }
     for (source, target, read_only) in ns.binds {
         rustix::mount::mount_bind(&source, &target).map_err(|err| with_path(err.into(), "bind-mount onto", &target))?;
@@ -263,7 +290,7 @@ mod tests {
     }
 
     #[test]
-    fn a_private_namespace_hides_its_mounts_from_the_host() {
+    fn a_private_namespace_hides_its_mounts_from_the_host_and_holds_them_between_commands() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (lower, empty, target) = (dir.path().join("lower"), dir.path().join("empty"), dir.path().join("root"));
         fs::create_dir(&lower).expect("lower");
@@ -271,22 +298,30 @@ mod tests {
         fs::create_dir(&target).expect("root");
         fs::write(lower.join("marker"), "x").expect("marker");
         let overlay = crate::sys::overlay::mount(&[&lower, &empty], None).expect("overlay");
-        let mut ls = Command::new("cat");
-        ls.arg(target.join("marker")).arg("/proc/self/mountinfo").stdout(std::process::Stdio::piped());
-        let ns = Namespace { attach: Some((overlay, &target)), ..Default::default() };
-        let out = spawn_in_private_namespace(ns, || Ok(ls), |err| err).expect("spawn").wait_with_output().expect("wait");
+        let cat = |path: &Path| {
+            let mut cat = Command::new("cat");
+            cat.arg(path.join("marker")).arg("/proc/self/mountinfo").stdout(std::process::Stdio::piped());
+            cat
+        };
+        let namespace = PrivateNamespace::enter(None);
+        let ns = Namespace { attach: Some((overlay, target.clone())), ..Default::default() };
+        let out = namespace.spawn(ns, cat(&target)).expect("spawn").wait_with_output().expect("wait");
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.starts_with('x'), "{text}");
         assert!(text.contains(&target.display().to_string()), "the child sees the mount");
         let host = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
         assert!(!host.contains(&target.display().to_string()), "the host does not");
+        // The first command has exited; the thread still holds the namespace and its mount.
+        let again = namespace.spawn(Namespace::default(), cat(&target)).expect("spawn").wait_with_output().expect("wait");
+        assert!(String::from_utf8_lossy(&again.stdout).starts_with('x'), "{again:?}");
+        namespace.close().join().expect("the thread ends once let go");
     }
 
     #[test]
-    fn a_command_that_cannot_be_made_is_not_spawned_and_its_error_is_told() {
-        let ns = Namespace::default();
-        let made: Result<Command, String> = Err("no bundle".into());
-        let result = spawn_in_private_namespace(ns, || made, |err| format!("namespace: {err}"));
-        assert_eq!(result.err().as_deref(), Some("no bundle"));
+    fn a_command_that_cannot_start_is_told_as_not_found() {
+        let namespace = PrivateNamespace::enter(None);
+        let err = namespace.spawn(Namespace::default(), Command::new("/nonexistent/crun")).expect_err("no such program");
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
+        namespace.close().join().expect("join");
     }
 }
