@@ -50,6 +50,10 @@ for name in busybox debian; do
   jq --arg root "$work/same-$name/rootfs" '.root.path = $root' "$sandbox/bundle/config.json" >"$work/same-$name/config.json"
   jq -r 'join(":")' "$sandbox/lowers.json" >"$work/same-$name/lowers"
 done
+# The setup wrote a few hundred MB (layers, umoci's rootfs). Written back now, not by the first
+# timed boots: every overlay unmount syncs the filesystem of its upper layer, and msb's boots
+# would pay for the setup's writes (crun's plain folder has no such sync).
+sync
 # The crun flags msb used for these sandboxes (cgroups off for the agent without limits).
 crun_flags=$(jq -r 'if .linux.cgroupsPath then "" else "--cgroup-manager=disabled" end' "$MSB_HOME/v1/sandboxes/busybox/bundle/config.json")
 
