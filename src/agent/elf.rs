@@ -15,21 +15,25 @@ impl Elf {
     /// a file cut short before its program headers end.
     pub fn parse(bytes: &[u8]) -> Option<Elf> {
         const PT_INTERP: u32 = 3;
-        if bytes.get(..4)? != b"\x7fELF" || *bytes.get(4)? != 2 || *bytes.get(5)? != 1 {
-            return None;
-        }
-        let u16_at = |at: usize| Some(u16::from_le_bytes(bytes.get(at..at.checked_add(2)?)?.try_into().ok()?));
-        let u32_at = |at: usize| Some(u32::from_le_bytes(bytes.get(at..at.checked_add(4)?)?.try_into().ok()?));
-        let u64_at = |at: usize| Some(u64::from_le_bytes(bytes.get(at..at.checked_add(8)?)?.try_into().ok()?));
-        let machine = u16_at(0x12)?;
-        let phoff = usize::try_from(u64_at(0x20)?).ok()?;
-        let (phentsize, phnum) = (usize::from(u16_at(0x36)?), usize::from(u16_at(0x38)?));
+        let table = ProgramHeaders::of(bytes)?;
         let mut interpreter = false;
-        for i in 0..phnum {
-            interpreter |= u32_at(phoff.checked_add(i.checked_mul(phentsize)?)?)? == PT_INTERP;
+        for i in 0..table.count {
+            let at = table.offset.checked_add(i.checked_mul(table.entry_size)?)?;
+            interpreter |= u32::from_le_bytes(bytes.get(at..at.checked_add(4)?)?.try_into().ok()?) == PT_INTERP;
         }
-        Some(Elf { machine, interpreter })
+        Some(Elf { machine: u16::from_le_bytes(bytes.get(0x12..0x14)?.try_into().ok()?), interpreter })
     }
+
+    /// How much of the file [`Elf::parse`] needs, known from its first [`Elf::HEADER_LEN`] bytes:
+    /// up to the end of the program headers. `None` when those bytes are not a 64-bit
+    /// little-endian ELF header.
+    pub fn headers_len(header: &[u8]) -> Option<usize> {
+        let table = ProgramHeaders::of(header)?;
+        table.offset.checked_add(table.count.checked_mul(table.entry_size)?).map(|end| end.max(Self::HEADER_LEN))
+    }
+
+    /// The size of a 64-bit ELF header.
+    pub const HEADER_LEN: usize = 64;
 
     /// The OCI name of the ELF machine.
     pub fn architecture(&self) -> Option<&'static str> {
@@ -41,6 +45,24 @@ impl Elf {
             22 => "s390x",
             _ => return None,
         })
+    }
+}
+
+/// Where the program header table is, from the ELF header.
+struct ProgramHeaders {
+    offset: usize,
+    entry_size: usize,
+    count: usize,
+}
+
+impl ProgramHeaders {
+    fn of(bytes: &[u8]) -> Option<ProgramHeaders> {
+        if bytes.get(..4)? != b"\x7fELF" || *bytes.get(4)? != 2 || *bytes.get(5)? != 1 {
+            return None;
+        }
+        let u16_at = |at: usize| Some(usize::from(u16::from_le_bytes(bytes.get(at..at + 2)?.try_into().ok()?)));
+        let offset = usize::try_from(u64::from_le_bytes(bytes.get(0x20..0x28)?.try_into().ok()?)).ok()?;
+        Some(ProgramHeaders { offset, entry_size: u16_at(0x36)?, count: u16_at(0x38)? })
     }
 }
 
@@ -67,6 +89,7 @@ pub(crate) mod tests {
         assert_eq!(Elf::parse(&elf(62, 1)), Some(Elf { machine: 62, interpreter: false }));
         assert_eq!(Elf::parse(&elf(183, 3)).map(|e| (e.interpreter, e.architecture())), Some((true, Some("arm64"))));
         assert_eq!(Elf::parse(&elf(9999, 1)).and_then(|e| e.architecture()), None);
+        assert_eq!(Elf::headers_len(&elf(62, 1)[..Elf::HEADER_LEN]), Some(64 + 56), "known from the header alone");
     }
 
     #[test]
@@ -79,9 +102,11 @@ pub(crate) mod tests {
         let mut far = elf(62, 3);
         far[0x20..0x28].copy_from_slice(&u64::MAX.to_le_bytes());
         assert_eq!(Elf::parse(&far), None, "an offset that overflows");
+        assert_eq!(Elf::headers_len(&far), None, "an end that overflows");
         let mut many = elf(62, 3);
         many[0x36..0x38].copy_from_slice(&u16::MAX.to_le_bytes());
         many[0x38..0x3a].copy_from_slice(&u16::MAX.to_le_bytes());
         assert_eq!(Elf::parse(&many), None, "headers beyond the bytes read");
+        assert_eq!(Elf::headers_len(&many), Some(64 + usize::from(u16::MAX) * usize::from(u16::MAX)), "told, for the caller to bound");
     }
 }

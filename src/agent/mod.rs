@@ -44,13 +44,22 @@ pub fn installed() -> PathBuf {
 /// Whether the ELF executable at `path` runs without a dynamic loader, as the agent must: it is
 /// dropped into roots whose libc (if any) is not the one it was built against.
 pub fn is_static_executable(path: &Path) -> io::Result<bool> {
-    // The program headers of an executable follow its ELF header closely; every boot checks the
-    // agent, so the rest of the file is not read.
-    let mut bytes = Vec::new();
-    io::Read::read_to_end(&mut io::Read::take(std::fs::File::open(path)?, 64 * 1024), &mut bytes)?;
-    elf::Elf::parse(&bytes)
-        .map(|elf| !elf.interpreter)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("`{}` is not a 64-bit ELF executable", path.display())))
+    use std::os::unix::fs::FileExt;
+    // Every boot checks the agent: only its ELF header and program headers are read, with one
+    // read each.
+    let not_elf = || io::Error::new(io::ErrorKind::InvalidData, format!("`{}` is not a 64-bit ELF executable", path.display()));
+    let file = std::fs::File::open(path)?;
+    let mut bytes = vec![0; elf::Elf::HEADER_LEN];
+    let read_at = |bytes: &mut [u8], at| match file.read_exact_at(bytes, at) {
+        Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => Err(not_elf()),
+        other => other,
+    };
+    read_at(&mut bytes, 0)?;
+    // Program headers are a few hundred bytes; a header that says otherwise is not trusted.
+    let len = elf::Elf::headers_len(&bytes).filter(|&len| len <= 1 << 20).ok_or_else(not_elf)?;
+    bytes.resize(len, 0);
+    read_at(&mut bytes[elf::Elf::HEADER_LEN..], elf::Elf::HEADER_LEN as u64)?;
+    elf::Elf::parse(&bytes).map(|elf| !elf.interpreter).ok_or_else(not_elf)
 }
 
 #[cfg(test)]
@@ -66,5 +75,14 @@ mod tests {
         let this = std::env::current_exe().expect("current exe");
         assert_eq!(is_static_executable(&this).ok(), Some(false));
         assert!(is_static_executable(Path::new("/etc/passwd")).is_err());
+        // Cut short: its header, but not all of its program headers.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cut = dir.path().join("cut");
+        let whole = std::fs::read(&this).expect("read");
+        let len = elf::Elf::headers_len(&whole).expect("headers");
+        std::fs::write(&cut, &whole[..len - 1]).expect("write");
+        assert_eq!(is_static_executable(&cut).map_err(|e| e.kind()), Err(io::ErrorKind::InvalidData));
+        std::fs::write(&cut, &whole[..len]).expect("write");
+        assert_eq!(is_static_executable(&cut).ok(), Some(false), "the headers are all it reads");
     }
 }
