@@ -181,51 +181,48 @@ impl Backend for OciBackend {
         let binary = which::which(&self.runtime.binary).map_err(|err| self.runtime.missing(io::Error::new(io::ErrorKind::NotFound, err)))?;
         let sealed = self.runtime.accepts_sealed_binary();
         let hide = if self.runtime.refuses_hybrid_cgroups() { self.layout().mount_to_hide_from_crun().map(Path::to_owned) } else { None };
-        // Made on its own thread while the bundle and the command are made here.
         let namespace = PrivateNamespace::enter(hide);
         let binds = if sealed { vec![(binary.clone(), binary.clone(), true)] } else { Vec::new() };
         let prepared = Namespace { attach: Some((view, dir.rootfs())), binds };
-        let command = || -> Result<Command, RuntimeError> {
-            let guest = GuestConfig::new(spec, init, Some(format!("{GUEST_RUN}/{AGENT_SOCKET_NAME}")), None);
-            view::write_guest_config(dir, &guest)?;
-            let (config, skipped) = bundle_config(dir, spec, self.layout(), cgroups)?;
-            warn_skipped_limits(&skipped, self.layout());
-            let config_path = dir.bundle().join("config.json");
-            let bytes = config_bytes(&config)
-                .map_err(|err| RuntimeError::Io { op: "encode", path: config_path.clone(), cause: io::Error::other(err) })?;
-            super::state::write_if_changed(&config_path, &bytes)?;
-            fs::create_dir_all(&self.state_root).map_err(RuntimeError::io("create", &self.state_root))?;
+        // The bundle and the command, made here while the thread makes the namespace.
+        let guest = GuestConfig::new(spec, init, Some(format!("{GUEST_RUN}/{AGENT_SOCKET_NAME}")), None);
+        view::write_guest_config(dir, &guest)?;
+        let (config, skipped) = bundle_config(dir, spec, self.layout(), cgroups)?;
+        warn_skipped_limits(&skipped, self.layout());
+        let config_path = dir.bundle().join("config.json");
+        let bytes = config_bytes(&config)
+            .map_err(|err| RuntimeError::Io { op: "encode", path: config_path.clone(), cause: io::Error::other(err) })?;
+        super::state::write_if_changed(&config_path, &bytes)?;
+        fs::create_dir_all(&self.state_root).map_err(RuntimeError::io("create", &self.state_root))?;
 
-            let log = OpenOptions::new().append(true).create(true).open(dir.log()).map_err(RuntimeError::io("open", dir.log()))?;
-            let log_err = log.try_clone().map_err(RuntimeError::io("open", dir.log()))?;
-            let mut command = self.runtime.command_of(&binary, &self.state_root);
-            if sealed {
-                command.env("_LIBCONTAINER_CLONED_BINARY", "1");
-            }
-            command.arg("--log").arg(dir.runtime_log());
-            if !cgroups {
-                command.arg("--cgroup-manager=disabled");
-            }
-            command.arg("run");
-            if detach {
-                command.arg("--detach");
-            }
-            command
-                .arg("--bundle")
-                .arg(dir.bundle())
-                .arg("--pid-file")
-                .arg(dir.pid_file())
-                .arg(dir.container_id())
-                .current_dir(dir.path())
-                .stdin(Stdio::null())
-                .stdout(log)
-                .stderr(log_err)
-                // Its own process group: a Ctrl-C at msb's terminal reaches msb alone, which stops
-                // the sandbox in order instead of leaving crun half-killed.
-                .process_group(0);
-            Ok(command)
-        };
-        let mut child = namespace.spawn(prepared, command()?).map_err(|err| match err.kind() {
+        let log = OpenOptions::new().append(true).create(true).open(dir.log()).map_err(RuntimeError::io("open", dir.log()))?;
+        let log_err = log.try_clone().map_err(RuntimeError::io("open", dir.log()))?;
+        let mut command = self.runtime.command_of(&binary, &self.state_root);
+        if sealed {
+            command.env("_LIBCONTAINER_CLONED_BINARY", "1");
+        }
+        command.arg("--log").arg(dir.runtime_log());
+        if !cgroups {
+            command.arg("--cgroup-manager=disabled");
+        }
+        command.arg("run");
+        if detach {
+            command.arg("--detach");
+        }
+        command
+            .arg("--bundle")
+            .arg(dir.bundle())
+            .arg("--pid-file")
+            .arg(dir.pid_file())
+            .arg(dir.container_id())
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            // Its own process group: a Ctrl-C at msb's terminal reaches msb alone, which stops
+            // the sandbox in order instead of leaving crun half-killed.
+            .process_group(0);
+        let mut child = namespace.spawn(prepared, command).map_err(|err| match err.kind() {
             io::ErrorKind::NotFound => self.runtime.missing(err),
             _ => RuntimeError::Io { op: "start the sandbox in", path: dir.path().to_owned(), cause: err },
         })?;
