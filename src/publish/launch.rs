@@ -11,8 +11,8 @@
 //! chosen init as PID 1. Nothing then serves `msb exec`; scripts are still on `PATH`.
 
 use crate::manifest::{Init, SandboxConfig};
-use crate::agent::protocol::{GUEST_AGENT, GUEST_RUN, GUEST_SCRIPTS};
-use crate::runtime::{AGENT_SOCKET_NAME, GuestConfig, ProcessSpec, ResolvedInit, StopSignal};
+use crate::agent::protocol::{GUEST_AGENT, GUEST_SCRIPTS};
+use crate::runtime::{GuestConfig, ProcessSpec, ResolvedInit, StopSignal};
 use crate::store::RuntimeConfig;
 
 /// `PATH` when neither the image nor the Sandboxfile sets one (the OCI runtimes' default).
@@ -63,7 +63,6 @@ pub fn launch(
             workdir: process.workdir.clone(),
             user: process.user.clone(),
             init: init.map(|i| i.path.clone()),
-            socket: Some(format!("{GUEST_RUN}/{AGENT_SOCKET_NAME}")),
             vsock_port: None,
             hostname: name.to_owned(),
             // Every OCI runtime (runc, crun, Kata) mounts /proc, /sys and /dev itself.
@@ -187,7 +186,7 @@ mod tests {
         let guest = launch.guest.expect("guest config");
         assert_eq!(guest.argv, ["/bin/echo", "hi"]);
         assert_eq!(guest.user.as_deref(), Some("nobody"));
-        assert_eq!(guest.socket.as_deref(), Some("/.msb/run/agent.sock"));
+        assert_eq!(guest.to_agent().listen, crate::agent::protocol::Listen::Unix("/.msb/run/agent.sock".into()));
         assert!(!guest.mount_filesystems);
         assert!(!guest.env.iter().any(|e| e.starts_with("container=")));
     }

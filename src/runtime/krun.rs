@@ -273,7 +273,7 @@ impl Backend for KrunBackend {
         }
         drop(view); // the VMM child mounts its own, in its own namespace
         let config = vm_config(dir, spec)?;
-        view::write_guest_config(dir, &GuestConfig::new(spec, init, None, Some(config.vsock_port)))?;
+        view::write_guest_config(dir, &GuestConfig::new(spec, init, Some(config.vsock_port)))?;
         let path = dir.path().join("vm.json");
         let bytes = serde_json::to_vec_pretty(&config).map_err(|e| RuntimeError::Io { op: "encode", path: path.clone(), cause: io::Error::other(e) })?;
         fs::write(&path, bytes).map_err(RuntimeError::io("write", &path))?;

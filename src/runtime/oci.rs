@@ -27,7 +27,7 @@ use super::state::{BackendKind, SandboxDir, State, Status, StopSignal};
 use super::sys::{self, Namespace, PrivateNamespace, ProcessRef};
 use super::view::{self, GuestConfig};
 use crate::agent::protocol::{GUEST_AGENT, GUEST_DIR, GUEST_RUN};
-use super::{AGENT_SOCKET_NAME, Backend, Boot, Network, Pid1, RuntimeError, SandboxSpec, Started};
+use super::{Backend, Boot, Network, Pid1, RuntimeError, SandboxSpec, Started};
 
 /// The OCI runtime binary: crun (the default) or runc. Both take the same commands here.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,7 +185,7 @@ impl Backend for OciBackend {
         let binds = if sealed { vec![(binary.clone(), binary.clone(), true)] } else { Vec::new() };
         let prepared = Namespace { attach: Some((view, dir.rootfs())), binds };
         // The bundle and the command, made here while the thread makes the namespace.
-        let guest = GuestConfig::new(spec, init, Some(format!("{GUEST_RUN}/{AGENT_SOCKET_NAME}")), None);
+        let guest = GuestConfig::new(spec, init, None);
         view::write_guest_config(dir, &guest)?;
         let (config, skipped) = bundle_config(dir, spec, self.layout(), cgroups)?;
         warn_skipped_limits(&skipped, self.layout());

@@ -203,7 +203,7 @@ fn inspect(root: &OwnedFd, path: &str) -> io::Result<Found> {
 /// What the agent reads from `/.msb/config.json`.
 ///
 /// It serializes as the agent's own [`AgentConfig`] (which refuses unknown keys): `init` becomes
-/// [`InitMode`], `socket`/`vsock_port` become [`Listen`], and the host-side fields
+/// [`InitMode`], `vsock_port` becomes [`Listen`], and the host-side fields
 /// (`mount_filesystems`, `network`) are not sent: the agent mounts whatever is not mounted yet,
 /// and the network is the runtime's business.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -214,9 +214,9 @@ pub struct GuestConfig {
     pub user: Option<String>,
     /// The init to hand PID 1 to, already checked in the view; none keeps the agent as PID 1.
     pub init: Option<String>,
-    /// Where the agent listens: a unix socket under `/.msb/run` (oci) ...
-    pub socket: Option<String>,
-    /// ... or a vsock port that libkrun maps to the host socket (krun).
+    /// Where the agent listens: a vsock port that libkrun maps to the host socket (krun), or
+    /// without one the unix socket `/.msb/run/agent.sock`, which the host reaches through the
+    /// bind of `guest/run` (oci, and images published with the agent).
     pub vsock_port: Option<u32>,
     pub hostname: String,
     /// Host side only: whether the runtime leaves /proc, /sys, /dev... to the agent (krun).
@@ -226,9 +226,9 @@ pub struct GuestConfig {
 }
 
 impl GuestConfig {
-    /// The configuration for `spec`'s main command, init and hostname, listening on a unix
-    /// socket (`socket`) or a vsock port.
-    pub fn new(spec: &SandboxSpec, init: Option<ResolvedInit>, socket: Option<String>, vsock_port: Option<u32>) -> GuestConfig {
+    /// The configuration for `spec`'s main command, init and hostname, listening on a vsock
+    /// port or the unix socket.
+    pub fn new(spec: &SandboxSpec, init: Option<ResolvedInit>, vsock_port: Option<u32>) -> GuestConfig {
         GuestConfig {
             argv: spec.process.argv.clone(),
             env: spec.process.env.clone(),
@@ -236,7 +236,6 @@ impl GuestConfig {
             user: spec.process.user.clone(),
             init: init.map(|i| i.path),
             mount_filesystems: vsock_port.is_some(),
-            socket,
             vsock_port,
             hostname: spec.name.clone(),
             network: spec.network,
@@ -247,10 +246,9 @@ impl GuestConfig {
 impl GuestConfig {
     /// The agent's own configuration, as written to `/.msb/config.json`.
     pub fn to_agent(&self) -> AgentConfig {
-        let listen = match (&self.socket, self.vsock_port) {
-            (Some(path), _) => Listen::Unix(path.clone()),
-            (None, Some(port)) => Listen::Vsock(port),
-            (None, None) => Listen::Unix(format!("{GUEST_RUN}/{}", super::AGENT_SOCKET_NAME)),
+        let listen = match self.vsock_port {
+            Some(port) => Listen::Vsock(port),
+            None => Listen::Unix(format!("{GUEST_RUN}/{}", super::AGENT_SOCKET_NAME)),
         };
         AgentConfig {
             argv: self.argv.clone(),
@@ -436,7 +434,6 @@ mod tests {
             workdir: "/".into(),
             user: None,
             init: Some("/sbin/init".into()),
-            socket: Some("/.msb/run/agent.sock".into()),
             vsock_port: None,
             hostname: "worker".into(),
             mount_filesystems: false,
@@ -451,7 +448,7 @@ mod tests {
         );
         let json = serde_json::to_string(&config).expect("json");
         assert_eq!(serde_json::from_str::<AgentConfig>(&json).expect("the agent reads it"), config.to_agent());
-        let config = GuestConfig { init: None, socket: None, vsock_port: Some(7000), user: Some("app".into()), ..config };
+        let config = GuestConfig { init: None, vsock_port: Some(7000), user: Some("app".into()), ..config };
         let agent: AgentConfig = serde_json::from_str(&serde_json::to_string(&config).expect("json")).expect("the agent reads it");
         assert_eq!((agent.init, agent.listen, agent.user.as_deref()), (InitMode::Agent, Listen::Vsock(7000), Some("app")));
     }
