@@ -57,27 +57,45 @@ sync
 # The crun flags msb used for these sandboxes (cgroups off for the agent without limits).
 crun_flags=$(jq -r 'if .linux.cgroupsPath then "" else "--cgroup-manager=disabled" end' "$MSB_HOME/v1/sandboxes/busybox/bundle/config.json")
 
-# Rounds, msb and crun in turn: this 2-vCPU VM drifts by a few milliseconds over a minute, and
-# one long series of each would compare two different machines.
-rounds=${ROUNDS:-5}
+# Rounds of a few runs of each side and image, in an order rotated every round: this 2-vCPU VM
+# drifts by a few milliseconds over a minute, and a side that always ran right after another
+# would also inherit its leftovers (writeback, cgroup teardown in kernel workers). Each side's
+# median is over all its rounds.
+rounds=${ROUNDS:-10}
 per_round=$(( (runs + rounds - 1) / rounds ))
-for round in $(seq "$rounds"); do
-  hyperfine --style basic -N --runs "$per_round" --warmup 3 --export-json "$work/round-$round-msb.json" \
-    -n busybox "$msb up -f $work/busybox/Sandboxfile" \
-    -n debian "$msb up -f $work/debian/Sandboxfile" >&2
-  # Each run gets its own container id; crun removes the container when `run` returns.
-  unshare -m --propagation private sh -c "
-    set -e
-    umount /sys/fs/cgroup/unified 2>/dev/null || true
-    for name in busybox debian; do
-      mount -t overlay overlay -o nodev,index=off,redirect_dir=off,metacopy=off,xino=off,lowerdir=\$(cat $work/same-\$name/lowers),upperdir=$work/same-\$name/upper,workdir=$work/same-\$name/work $work/same-\$name/rootfs
+# One side, both images in the given order: `side ROUND SIDE IMAGE...`.
+side() {
+  local round=$1 side=$2 commands=() name
+  shift 2
+  for name in "$@"; do
+    case $side in
+      msb) commands+=(-n "$name" "$msb up -f $work/$name/Sandboxfile") ;;
+      # Each run gets its own container id; crun removes the container when `run` returns.
+      crun) commands+=(-n "$name" "crun run --bundle $work/bundle-$name bench-up-$name") ;;
+      crun-same) commands+=(-n "$name" "crun $crun_flags run --bundle $work/same-$name bench-same-$name") ;;
+    esac
+  done
+  local hyperfine=(hyperfine --style basic -N --runs "$per_round" --warmup 3 --export-json "$work/round-$round-$side.json" "${commands[@]}")
+  if [[ $side == msb ]]; then
+    "${hyperfine[@]}" >&2
+    return
+  fi
+  # crun beside msb's view needs its overlays mounted (once for all its runs).
+  local mounts=""
+  if [[ $side == crun-same ]]; then
+    for name in "$@"; do
+      mounts+="mount -t overlay overlay -o nodev,index=off,redirect_dir=off,metacopy=off,xino=off,lowerdir=$(cat "$work/same-$name/lowers"),upperdir=$work/same-$name/upper,workdir=$work/same-$name/work $work/same-$name/rootfs; "
     done
-    hyperfine --style basic -N --runs $per_round --warmup 3 --export-json '$work/round-$round-crun.json' \
-      -n busybox 'crun run --bundle $work/bundle-busybox bench-up-busybox' \
-      -n debian 'crun run --bundle $work/bundle-debian bench-up-debian'
-    hyperfine --style basic -N --runs $per_round --warmup 3 --export-json '$work/round-$round-crun-same.json' \
-      -n busybox 'crun $crun_flags run --bundle $work/same-busybox bench-same-busybox' \
-      -n debian 'crun $crun_flags run --bundle $work/same-debian bench-same-debian'" >&2
+  fi
+  unshare -m --propagation private sh -c "set -e; umount /sys/fs/cgroup/unified 2>/dev/null || true; $mounts exec \"\$@\"" sh "${hyperfine[@]}" >&2
+}
+sides=(msb crun crun-same)
+for round in $(seq "$rounds"); do
+  images=(busybox debian)
+  (( round % 2 )) || images=(debian busybox)
+  for i in 0 1 2; do
+    side "$round" "${sides[$(( (round + i) % 3 ))]}" "${images[@]}"
+  done
 done
 for name in busybox debian; do
   peak_rss "up-$name" "$msb" up -f "$work/$name/Sandboxfile"
