@@ -631,7 +631,8 @@ impl Running {
     }
 
     /// Foreground: writes each line of the sandbox's output to `out`, after `prefix` (`up` gives
-    /// `"NAME | "`), while it runs (when `out` is given), waits for PID 1 to exit, cleans up, and
+    /// `"NAME | "`), while it runs (when `out` is given), waits for PID 1 to exit, cleans up (once
+    /// it returns, nothing of the sandbox is mounted: the next boot can mount its layer), and
     /// returns its exit code (128+N when killed by signal N). Detached: returns `None` at once.
     pub fn wait(mut self, out: Option<&mut dyn Write>, prefix: &str) -> Result<Option<i32>, RuntimeError> {
         let Some(mut child) = self.child.take() else { return Ok(None) };

@@ -37,10 +37,10 @@ pub(crate) struct Namespace {
 /// A thread in a private mount namespace of its own, which spawns the OCI runtime there and
 /// holds the namespace until [`PrivateNamespace::close`].
 ///
-/// Whoever holds a namespace last tears it down as it exits: every mount in it is unmounted, and
-/// the overlay's unmount syncs the filesystem of its upper layer (about a millisecond here).
-/// When crun was that holder, msb waited for all of it in crun's exit; with the thread holding
-/// on, msb learns of crun's exit first and records it while the thread tears down.
+/// Whoever holds a namespace last tears it down: every mount in it is unmounted, and the
+/// overlay's unmount syncs the filesystem of its upper layer (about a millisecond here). When
+/// crun was that holder, msb waited for all of it in crun's exit; with the thread holding on,
+/// msb learns of crun's exit first and records it while the thread tears down.
 pub(crate) struct PrivateNamespace {
     jobs: mpsc::Sender<Job>,
     thread: JoinHandle<()>,
@@ -55,9 +55,20 @@ impl PrivateNamespace {
     pub(crate) fn enter(hide: Option<PathBuf>) -> PrivateNamespace {
         let (jobs, received) = mpsc::channel::<Job>();
         let thread = std::thread::spawn(move || {
-            let entered = enter_private_mount_namespace().and_then(|()| unmount_if_mounted(hide.as_deref()));
+            let host = fs::File::open("/proc/thread-self/ns/mnt");
+            let entered = match &host {
+                Ok(_) => enter_private_mount_namespace().and_then(|()| unmount_if_mounted(hide.as_deref())),
+                Err(err) => Err(io::Error::new(err.kind(), format!("cannot open this thread's mount namespace: {err}"))),
+            };
             for job in received {
                 job(entered.as_ref().map(|_| ()));
+            }
+            // Back to the host's namespace: that drops the last hold on the private one, and the
+            // kernel tears it down before setns returns. An exiting thread would do it only after
+            // waking its joiner, so a boot of the same sandbox right after `join` (`--watch`,
+            // the SDK) could mount its layer while the last mount of it still existed.
+            if let (Ok(host), Ok(())) = (&host, &entered) {
+                let _ = rustix::thread::move_into_link_name_space(host.as_fd(), Some(rustix::thread::LinkNameSpaceType::Mount));
             }
         });
         PrivateNamespace { jobs, thread }
@@ -77,8 +88,8 @@ impl PrivateNamespace {
         receive.recv().map_err(|_| io::Error::other("the namespace thread panicked"))?
     }
 
-    /// Lets the thread go: it tears the namespace down as it exits. Join the handle to wait for
-    /// that.
+    /// Lets the thread go: it tears the namespace down and ends. Join the handle to wait for
+    /// that: once it is joined, nothing of the namespace is mounted.
     pub(crate) fn close(self) -> JoinHandle<()> {
         drop(self.jobs);
         self.thread
@@ -315,6 +326,34 @@ mod tests {
         let again = namespace.spawn(Namespace::default(), cat(&target)).expect("spawn").wait_with_output().expect("wait");
         assert!(String::from_utf8_lossy(&again.stdout).starts_with('x'), "{again:?}");
         namespace.close().join().expect("the thread ends once let go");
+    }
+
+    #[test]
+    fn once_the_namespace_thread_is_joined_its_overlay_is_gone() {
+        use rustix::mount::{FsOpenFlags, fsconfig_create, fsconfig_set_string, fsopen};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let [lower, upper, work, target] = ["lower", "upper", "work", "root"].map(|d| dir.path().join(d));
+        for d in [&lower, &upper, &work, &target] {
+            fs::create_dir(d).expect("mkdir");
+        }
+        // An overlay with `index=on` refuses an upper or work folder that a live overlay uses.
+        let exclusive_mount = || -> io::Result<()> {
+            let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)?;
+            for (key, value) in [("index", "on"), ("lowerdir", &*lower.to_string_lossy()), ("upperdir", &*upper.to_string_lossy()), ("workdir", &*work.to_string_lossy())] {
+                fsconfig_set_string(&fs, key, value)?;
+            }
+            Ok(fsconfig_create(&fs)?)
+        };
+        for round in 0..20 {
+            let upper_layer = crate::sys::overlay::Upper { upper: &upper, work: &work };
+            let overlay = crate::sys::overlay::mount(&[&lower], Some(upper_layer)).expect("overlay");
+            let namespace = PrivateNamespace::enter(None);
+            let ns = Namespace { attach: Some((overlay, target.clone())), ..Default::default() };
+            namespace.spawn(ns, Command::new("true")).expect("spawn").wait().expect("wait");
+            namespace.close().join().expect("join");
+            exclusive_mount().unwrap_or_else(|err| panic!("round {round}: the layer is still mounted after the join: {err}"));
+            fs::remove_dir_all(work.join("work")).expect("the overlay's scratch folder");
+        }
     }
 
     #[test]
