@@ -52,6 +52,30 @@ pub struct Built {
     pub lowers: Vec<PathBuf>,
 }
 
+/// What [`Project::build`] made. It holds the store's publishing lock (shared) until dropped, and
+/// `cache gc` and `cache prune` wait for that lock: keep it while the layers are used without a
+/// record that keeps them, that is until the sandboxes booting on them have started (from then
+/// on their `lowers.json` keeps them), or until an export or a push has read them.
+pub struct Builds {
+    built: Vec<Built>,
+    _publishing: Lock,
+}
+
+impl std::ops::Deref for Builds {
+    type Target = [Built];
+    fn deref(&self) -> &[Built] {
+        &self.built
+    }
+}
+
+impl<'a> IntoIterator for &'a Builds {
+    type Item = &'a Built;
+    type IntoIter = std::slice::Iter<'a, Built>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.built.iter()
+    }
+}
+
 /// A Sandboxfile and the store it builds into.
 pub struct Project<'a> {
     pub manifest: &'a Manifest,
@@ -89,15 +113,11 @@ impl Project<'_> {
     ///
     /// `on_plan` sees each sandbox's plan before its steps are built, so the caller can show
     /// what is about to happen.
-    pub fn build(
-        &self,
-        names: &[String],
-        pull: &PullOptions,
-        on_plan: &mut dyn FnMut(&SandboxPlan),
-    ) -> Result<Vec<Built>, ProjectError> {
+    pub fn build(&self, names: &[String], pull: &PullOptions, on_plan: &mut dyn FnMut(&SandboxPlan)) -> Result<Builds, ProjectError> {
         let sources = digest_sources(self.manifest)?;
-        // Until the plan records are written: the patch layers are published first.
-        let _publishing = self.store.publishing()?;
+        // The patch layers are published before the plan records that keep them are written,
+        // and booted on after (see `Builds`).
+        let publishing = self.store.publishing()?;
         // What killed builds left in `tmp/` is cleaned by the pull of each sandbox's image.
         let mut built = Vec::new();
         for (name, config) in self.select(names)? {
@@ -123,7 +143,7 @@ impl Project<'_> {
             tracing::debug!(sandbox = %name, "layers ready");
             built.push(Built { name: name.clone(), plan, image, lowers });
         }
-        Ok(built)
+        Ok(Builds { built, _publishing: publishing })
     }
 
     fn plan_one(&self, name: &SandboxName, config: &SandboxConfig, image: Option<&ImageRecord>, sources: &Sources) -> SandboxPlan {
@@ -322,6 +342,34 @@ pub fn scripts(manifest: &Manifest, config: &SandboxConfig) -> io::Result<Vec<(S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_collection_waits_until_the_built_layers_are_let_go() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("rootfs/etc")).unwrap();
+        let text = "[sandbox.w]\nimage = \"dir:rootfs\"\n[[sandbox.w.patch]]\nop = \"text\"\npath = \"/etc/a\"\ncontent = \"a\"\n";
+        fs::write(dir.path().join("Sandboxfile"), text).unwrap();
+        let manifest = crate::manifest::load(&dir.path().join("Sandboxfile")).unwrap();
+        let store = Store::open(Some(&dir.path().join("home"))).unwrap();
+        let builds = Project { manifest: &manifest, store: &store }.build(&[], &PullOptions::default(), &mut |_| {}).unwrap();
+        let layer = builds[0].lowers[0].clone();
+        let (began, collector) = {
+            let (began, store) = (std::sync::mpsc::channel(), store.clone());
+            let collector = std::thread::spawn(move || {
+                let collection = cache::Collection::begin(&store)?;
+                let _ = began.0.send(());
+                // What a prune would keep once the sandbox had recorded its layers: nothing.
+                collection.collect(None, &[])
+            });
+            (began.1, collector)
+        };
+        assert!(began.recv_timeout(std::time::Duration::from_millis(300)).is_err(), "a prune waits while a boot may still need the layers");
+        assert!(layer.is_dir());
+        drop(builds);
+        began.recv_timeout(std::time::Duration::from_secs(10)).expect("the prune begins once they are let go");
+        let removed = collector.join().unwrap().unwrap();
+        assert!(removed.iter().any(|entry| layer.ends_with(entry.digest.hex())), "{removed:?}");
+    }
 
     #[test]
     fn scripts_get_a_shebang_when_they_lack_one() {

@@ -68,8 +68,10 @@ pub(super) fn run(home: Option<PathBuf>, args: CacheArgs) -> Result<ExitCode, Er
 
 /// Layers that sandboxes (running or stopped, until `msb rm`) boot on are kept like named ones.
 fn collect(store: &Store, keep_for: Option<Duration>) -> Result<(), Error> {
+    // First: a sandbox starting meanwhile records its layers before its build lets go of them.
+    let collection = cache::Collection::begin(store)?;
     let in_use = crate::runtime::Sandboxes::new(store.root()).layers_in_use()?;
-    report(&cache::collect(store, keep_for, &in_use)?);
+    report(&collection.collect(keep_for, &in_use)?);
     Ok(())
 }
 

@@ -106,55 +106,70 @@ pub fn list(store: &Store) -> Result<Vec<Entry>, StoreError> {
     Ok(entries)
 }
 
-/// Removes what neither a name, a plan record used within `keep_for` (`None`: only names count,
-/// which is `prune`), nor `in_use` (the layers that existing sandboxes boot on) reaches. Returns
-/// what was removed.
-pub fn collect(store: &Store, keep_for: Option<Duration>, in_use: &[PathBuf]) -> Result<Vec<Entry>, StoreError> {
-    // Pulls and builds in flight finish first: what they publish is kept by what they record.
-    let _collecting = store.collecting()?;
-    let now = SystemTime::now();
-    let uses = Uses::read(store)?;
-    let recent: Vec<&Record> = uses
-        .records
-        .iter()
-        .filter(|(_, when)| keep_for.is_some_and(|age| now.duration_since(*when).map_or(true, |d| d <= age)))
-        .map(|(record, _)| record)
-        .collect();
-    let mut keep: BTreeSet<String> = recent.iter().flat_map(|r| r.steps.iter().map(|s| s.key.clone())).collect();
-    let layers = store.root().join("layers/sha256");
-    for path in in_use {
-        if let Some(hex) = path.strip_prefix(&layers).ok().and_then(|rest| rest.to_str()) {
-            keep.insert(format!("sha256:{hex}"));
-        }
+/// The store held still for `cache gc` and `cache prune`: it waits for the pulls and builds in
+/// flight and for what holds a build's layers before a record keeps them (see
+/// `project::Builds`), and keeps new ones off until dropped. What else keeps entries (the
+/// layers sandboxes boot on) is to be read once it has begun: a boot records its layers before
+/// its build lets go of them.
+pub struct Collection<'a> {
+    store: &'a Store,
+    _collecting: super::lock::Lock,
+}
+
+impl<'a> Collection<'a> {
+    pub fn begin(store: &'a Store) -> Result<Collection<'a>, StoreError> {
+        Ok(Collection { store, _collecting: store.collecting()? })
     }
-    let used_chains: BTreeSet<&str> = recent.iter().map(|r| r.chain_id.as_str()).collect();
-    let named: BTreeSet<Digest> = store.images()?.into_iter().map(|(_, image)| image.digest).collect();
-    for image in image_records(store)? {
-        if named.contains(&image.digest) || used_chains.contains(image.chain_id.to_string().as_str()) {
-            for layer in &image.layers {
-                keep.insert(layer.diff_id.to_string());
-                keep.insert(layer.blob.to_string());
+
+    /// Removes what neither a name, a plan record used within `keep_for` (`None`: only names
+    /// count, which is `prune`), nor `in_use` (the layers that existing sandboxes boot on)
+    /// reaches. Returns what was removed.
+    pub fn collect(&self, keep_for: Option<Duration>, in_use: &[PathBuf]) -> Result<Vec<Entry>, StoreError> {
+        let store = self.store;
+        let now = SystemTime::now();
+        let uses = Uses::read(store)?;
+        let recent: Vec<&Record> = uses
+            .records
+            .iter()
+            .filter(|(_, when)| keep_for.is_some_and(|age| now.duration_since(*when).map_or(true, |d| d <= age)))
+            .map(|(record, _)| record)
+            .collect();
+        let mut keep: BTreeSet<String> = recent.iter().flat_map(|r| r.steps.iter().map(|s| s.key.clone())).collect();
+        let layers = store.root().join("layers/sha256");
+        for path in in_use {
+            if let Some(hex) = path.strip_prefix(&layers).ok().and_then(|rest| rest.to_str()) {
+                keep.insert(format!("sha256:{hex}"));
             }
         }
-    }
-    // Verdicts are recomputed at the next load; emptying them keeps the folder from growing.
-    let _ = fs::remove_dir_all(store.root().join(super::VERDICTS));
-    let mut removed = Vec::new();
-    for entry in list(store)? {
-        if keep.contains(&entry.digest.to_string()) {
-            continue;
+        let used_chains: BTreeSet<&str> = recent.iter().map(|r| r.chain_id.as_str()).collect();
+        let named: BTreeSet<Digest> = store.images()?.into_iter().map(|(_, image)| image.digest).collect();
+        for image in image_records(store)? {
+            if named.contains(&image.digest) || used_chains.contains(image.chain_id.to_string().as_str()) {
+                for layer in &image.layers {
+                    keep.insert(layer.diff_id.to_string());
+                    keep.insert(layer.blob.to_string());
+                }
+            }
         }
-        let path = match entry.kind {
-            Kind::Blob => store.blob_path(&entry.digest),
-            _ => store.layer_path(&entry.digest),
-        };
-        remove(store, &entry, &path)?;
-        if entry.kind == Kind::PatchLayer {
-            let _ = fs::remove_file(sum_path(store, &entry.digest));
+        // Verdicts are recomputed at the next load; emptying them keeps the folder from growing.
+        let _ = fs::remove_dir_all(store.root().join(super::VERDICTS));
+        let mut removed = Vec::new();
+        for entry in list(store)? {
+            if keep.contains(&entry.digest.to_string()) {
+                continue;
+            }
+            let path = match entry.kind {
+                Kind::Blob => store.blob_path(&entry.digest),
+                _ => store.layer_path(&entry.digest),
+            };
+            remove(store, &entry, &path)?;
+            if entry.kind == Kind::PatchLayer {
+                let _ = fs::remove_file(sum_path(store, &entry.digest));
+            }
+            removed.push(entry);
         }
-        removed.push(entry);
+        Ok(removed)
     }
-    Ok(removed)
 }
 
 /// Takes an entry out of its final name first (a rename is atomic), then deletes it, so no
@@ -285,7 +300,7 @@ mod tests {
         fs::create_dir_all(store.layer_path(&key).join("etc")).expect("layer");
         let collector = {
             let store = store.clone();
-            std::thread::spawn(move || collect(&store, Some(Duration::from_secs(86_400)), &[]))
+            std::thread::spawn(move || Collection::begin(&store)?.collect(Some(Duration::from_secs(86_400)), &[]))
         };
         std::thread::sleep(Duration::from_millis(200));
         assert!(!collector.is_finished(), "gc waits while a build publishes");

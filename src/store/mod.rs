@@ -107,8 +107,9 @@ impl Store {
     /// The lock file of an entry, `kind` being `layer`, `blob`, `image` or `ref`.
     /// Held (shared) by whatever publishes entries and only then writes the record that keeps
     /// them, or uses them: a pull (its layers, then the image's record), a build (its patch
-    /// layers, then the plan's record), `build --push` (its blobs, then the push). `cache gc`
-    /// takes it exclusively, so it never removes an entry a moment before it is recorded or used.
+    /// layers, then the plan's record, then until its sandboxes have started or its export or
+    /// push is done). `cache gc` takes it exclusively, so it never removes an entry a moment
+    /// before it is recorded or used.
     pub(crate) fn publishing(&self) -> Result<Lock, StoreError> {
         let path = self.store_lock_path();
         Lock::shared(&path).map_err(StoreError::io("lock", path))
