@@ -158,6 +158,24 @@ fn each_boot_has_a_fresh_log_and_keeps_the_sandbox_layer_and_the_trash_holds_one
 }
 
 #[test]
+fn a_boot_that_takes_the_lock_after_the_last_one_finds_its_layer_unmounted() {
+    let home = Home::new();
+    let spec = home.spec("next", "sleep 0.1");
+    let dir = home.sandboxes().dir("next");
+    for round in 0..5 {
+        let running = home.sandboxes().start(&spec, &StartOptions::default()).expect("start");
+        let waiter = std::thread::spawn(move || running.wait(None, ""));
+        // As the next boot (from another msb, say) would: the exit is recorded, then the lock.
+        wait_until("the exit recorded", Duration::from_secs(10), || dir.read_state().ok().flatten().is_some_and(|s| s.stopped));
+        let held = super::lock(&dir, true).expect("lock");
+        assert!(!crate::sys::overlay::in_use(&home.layer, &dir.upper(), &dir.work()), "round {round}: the last boot's mount is still there");
+        drop(held);
+        assert_eq!(waiter.join().expect("the waiting thread").expect("wait"), Some(0));
+    }
+    home.assert_clean("next", None);
+}
+
+#[test]
 fn the_guest_sees_the_view_msb_files_and_limits() {
     let home = Home::new();
     let mut spec = home.spec(

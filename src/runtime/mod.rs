@@ -639,19 +639,24 @@ impl Running {
         let status = follow(&self.log_path(), prefix, &mut child, out);
         // crun has exited: the namespace is torn down on its thread while the exit is recorded.
         let closing = self.namespace.take().map(sys::PrivateNamespace::close);
+        self.join_emptying();
+        // The lock goes once the namespace is gone: the next boot of this sandbox, in this msb
+        // or another, takes it before it touches the sandbox's layer, and so never mounts it
+        // beside this boot's last mount of it.
+        let held = lock(&self.dir, true)?;
         let recorded = status.and_then(|status| self.record_exit(status));
         if let Some(thread) = closing {
             let _ = thread.join();
         }
+        drop(held);
         recorded
     }
 
-    /// After PID 1 and the runtime have exited: cleans up and returns PID 1's exit code.
+    /// After PID 1 and the runtime have exited, with the sandbox's lock held: cleans up and
+    /// returns PID 1's exit code.
     fn record_exit(&mut self, status: ExitStatus) -> Result<Option<i32>, RuntimeError> {
-        self.join_emptying();
         let code = self.reboot_as_exit(exit_code(status));
         tracing::debug!(sandbox = %self.state.name, code, "PID 1 exited");
-        let _lock = lock(&self.dir, true)?;
         // `msb stop` (or Ctrl-C) from elsewhere has already stopped it and cleaned up.
         let stopped_by_another = self.dir.read_state()?.is_some_and(|state| state.stopped);
         // PID 1 has exited; this removes crun's state if `crun run` could not.
@@ -702,17 +707,20 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
+        let mut held = None;
         if let Some(mut child) = self.child.take() {
             tracing::info!(sandbox = %self.state.name, "its supervisor is going away: stopping it");
-            let _lock = lock(&self.dir, true);
+            held = lock(&self.dir, true).ok();
             let _ = self.backend.kill(&self.dir, &self.state);
             let _ = child.kill();
             let _ = child.wait();
             let _ = self.sandboxes.finish(&self.dir, &mut self.state, None);
         }
+        // As in `wait`: the lock goes once the namespace is gone.
         if let Some(namespace) = self.namespace.take() {
             let _ = namespace.close().join();
         }
+        drop(held);
         self.join_emptying();
     }
 }

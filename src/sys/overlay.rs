@@ -48,6 +48,21 @@ pub fn mount(lowers: &[&Path], upper: Option<Upper<'_>>) -> io::Result<OwnedFd> 
     Ok(mount)
 }
 
+/// Whether a live overlay uses `upper` or `work` (for tests): an overlay with `index=on` is
+/// refused them then (EBUSY). It leaves an origin mark on `upper`, which `index=off` ignores.
+#[cfg(test)]
+pub(crate) fn in_use(lower: &Path, upper: &Path, work: &Path) -> bool {
+    let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).expect("fsopen");
+    for (key, value) in [("index", Path::new("on")), ("lowerdir", lower), ("upperdir", upper), ("workdir", work)] {
+        fsconfig_set_string(&fs, key, value).expect("fsconfig");
+    }
+    match fsconfig_create(&fs) {
+        Ok(()) => false,
+        Err(rustix::io::Errno::BUSY) => true,
+        Err(err) => panic!("an overlay of {}: {err}", upper.display()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
