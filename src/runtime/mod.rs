@@ -638,16 +638,17 @@ impl Running {
         let Some(mut child) = self.child.take() else { return Ok(None) };
         let status = follow(&self.log_path(), prefix, &mut child, out);
         // crun has exited: the namespace is torn down on its thread while the exit is recorded.
-        let closing = self.namespace.take().map(sys::PrivateNamespace::close);
+        let mut namespace = self.namespace.take();
+        if let Some(namespace) = &mut namespace {
+            namespace.close();
+        }
         self.join_emptying();
         // The lock goes once the namespace is gone: the next boot of this sandbox, in this msb
         // or another, takes it before it touches the sandbox's layer, and so never mounts it
         // beside this boot's last mount of it.
         let held = lock(&self.dir, true)?;
         let recorded = status.and_then(|status| self.record_exit(status));
-        if let Some(thread) = closing {
-            let _ = thread.join();
-        }
+        drop(namespace);
         drop(held);
         recorded
     }
@@ -717,9 +718,7 @@ impl Drop for Running {
             let _ = self.sandboxes.finish(&self.dir, &mut self.state, None);
         }
         // As in `wait`: the lock goes once the namespace is gone.
-        if let Some(namespace) = self.namespace.take() {
-            let _ = namespace.close().join();
-        }
+        drop(self.namespace.take());
         drop(held);
         self.join_emptying();
     }

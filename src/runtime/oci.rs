@@ -238,7 +238,7 @@ impl Backend for OciBackend {
                 return Err(failed(status));
             }
             let init = Self::read_pid(dir).and_then(ProcessRef::of);
-            let _ = namespace.close().join();
+            let _ = namespace.join();
             return Ok(Started { init, runtime_process: None, child: None, namespace: None });
         }
         tracing::debug!(sandbox = %spec.name, "{} started", self.runtime.name());

@@ -35,33 +35,39 @@ pub(crate) struct Namespace {
 }
 
 /// A thread in a private mount namespace of its own, which spawns the OCI runtime there and
-/// holds the namespace until [`PrivateNamespace::close`].
+/// holds the namespace until it is let go ([`PrivateNamespace::close`]), joined or dropped.
 ///
 /// Whoever holds a namespace last tears it down: every mount in it is unmounted, and the
 /// overlay's unmount syncs the filesystem of its upper layer (about a millisecond here). When
 /// crun was that holder, msb waited for all of it in crun's exit; with the thread holding on,
 /// msb learns of crun's exit first and records it while the thread tears down.
 pub(crate) struct PrivateNamespace {
-    jobs: mpsc::Sender<Job>,
-    thread: JoinHandle<()>,
+    /// `None` once let go.
+    spawns: Option<mpsc::Sender<Spawn>>,
+    /// `None` once joined.
+    thread: Option<JoinHandle<()>>,
 }
 
-/// Work for the namespace's thread, given whether the namespace could be made.
-type Job = Box<dyn FnOnce(Result<(), &io::Error>) + Send>;
+/// A command to spawn in the namespace once prepared as said, and where the child goes.
+type Spawn = (Namespace, Command, mpsc::SyncSender<io::Result<Child>>);
 
 impl PrivateNamespace {
     /// Starts the thread, which makes the namespace and unmounts `hide` in it (the hybrid host's
     /// cgroup2 mount) while the caller goes on; a failure comes back from the first spawn.
     pub(crate) fn enter(hide: Option<PathBuf>) -> PrivateNamespace {
-        let (jobs, received) = mpsc::channel::<Job>();
+        let (spawns, received) = mpsc::channel::<Spawn>();
         let thread = std::thread::spawn(move || {
             let host = fs::File::open("/proc/thread-self/ns/mnt");
             let entered = match &host {
                 Ok(_) => enter_private_mount_namespace().and_then(|()| unmount_if_mounted(hide.as_deref())),
                 Err(err) => Err(io::Error::new(err.kind(), format!("cannot open this thread's mount namespace: {err}"))),
             };
-            for job in received {
-                job(entered.as_ref().map(|_| ()));
+            for (ns, mut command, child) in received {
+                let spawned = match &entered {
+                    Ok(()) => prepare(ns).and_then(|()| command.spawn()),
+                    Err(err) => Err(io::Error::new(err.kind(), format!("cannot make a private mount namespace: {err}"))),
+                };
+                let _ = child.send(spawned);
             }
             // Back to the host's namespace: that drops the last hold on the private one, and the
             // kernel tears it down before setns returns. An exiting thread would do it only after
@@ -71,28 +77,37 @@ impl PrivateNamespace {
                 let _ = rustix::thread::move_into_link_name_space(host.as_fd(), Some(rustix::thread::LinkNameSpaceType::Mount));
             }
         });
-        PrivateNamespace { jobs, thread }
+        PrivateNamespace { spawns: Some(spawns), thread: Some(thread) }
     }
 
     /// Prepares the namespace as `ns` says and spawns `command` in it.
-    pub(crate) fn spawn(&self, ns: Namespace, mut command: Command) -> io::Result<Child> {
+    pub(crate) fn spawn(&self, ns: Namespace, command: Command) -> io::Result<Child> {
         let (send, receive) = mpsc::sync_channel(1);
-        let job: Job = Box::new(move |entered| {
-            let spawned = match entered {
-                Ok(()) => prepare(ns).and_then(|()| command.spawn()),
-                Err(err) => Err(io::Error::new(err.kind(), format!("cannot make a private mount namespace: {err}"))),
-            };
-            let _ = send.send(spawned);
-        });
-        self.jobs.send(job).map_err(|_| io::Error::other("the namespace thread is gone"))?;
+        let gone = || io::Error::other("the namespace thread is gone");
+        self.spawns.as_ref().ok_or_else(gone)?.send((ns, command, send)).map_err(|_| gone())?;
         receive.recv().map_err(|_| io::Error::other("the namespace thread panicked"))?
     }
 
-    /// Lets the thread go: it tears the namespace down and ends. Join the handle to wait for
-    /// that: once it is joined, nothing of the namespace is mounted.
-    pub(crate) fn close(self) -> JoinHandle<()> {
-        drop(self.jobs);
-        self.thread
+    /// Lets the thread go: it tears the namespace down and ends, while the caller goes on.
+    pub(crate) fn close(&mut self) {
+        self.spawns = None;
+    }
+
+    /// Lets the thread go and waits until it has ended: then nothing of the namespace is
+    /// mounted. Dropping does the same.
+    pub(crate) fn join(mut self) -> std::thread::Result<()> {
+        self.close();
+        self.thread.take().map_or(Ok(()), JoinHandle::join)
+    }
+}
+
+/// Every way out of a boot (errors included) waits for the teardown, not only the usual ones.
+impl Drop for PrivateNamespace {
+    fn drop(&mut self) {
+        self.close();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -325,7 +340,7 @@ mod tests {
         // The first command has exited; the thread still holds the namespace and its mount.
         let again = namespace.spawn(Namespace::default(), cat(&target)).expect("spawn").wait_with_output().expect("wait");
         assert!(String::from_utf8_lossy(&again.stdout).starts_with('x'), "{again:?}");
-        namespace.close().join().expect("the thread ends once let go");
+        namespace.join().expect("the thread ends once let go");
     }
 
     #[test]
@@ -341,7 +356,7 @@ mod tests {
             let namespace = PrivateNamespace::enter(None);
             let ns = Namespace { attach: Some((overlay, target.clone())), ..Default::default() };
             namespace.spawn(ns, Command::new("true")).expect("spawn").wait().expect("wait");
-            namespace.close().join().expect("join");
+            namespace.join().expect("join");
             assert!(!crate::sys::overlay::in_use(&lower, &upper, &work), "round {round}: the layer is still mounted after the join");
             fs::remove_dir_all(work.join("work")).expect("the overlay's scratch folder");
         }
@@ -352,6 +367,6 @@ mod tests {
         let namespace = PrivateNamespace::enter(None);
         let err = namespace.spawn(Namespace::default(), Command::new("/nonexistent/crun")).expect_err("no such program");
         assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
-        namespace.close().join().expect("join");
+        namespace.join().expect("join");
     }
 }
