@@ -35,11 +35,14 @@ pub(crate) fn assert_nothing_left(home: &Path) {
     }
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(&needle), "a mount is left:\n{mounts}");
+    // The paths as msb names them: a sandbox's socket folder is `guest/run`, not `run`.
+    let sandboxes = msb::runtime::Sandboxes::new(&home.join("v1"));
     for sandbox in std::fs::read_dir(home.join("v1/sandboxes")).into_iter().flatten().filter_map(Result::ok) {
-        let run: Vec<_> = std::fs::read_dir(sandbox.path().join("run")).into_iter().flatten().collect();
-        assert!(run.is_empty(), "{} still holds {run:?}", sandbox.path().display());
+        let run_dir = sandboxes.dir(&sandbox.file_name().to_string_lossy()).run_dir();
+        let run: Vec<_> = std::fs::read_dir(&run_dir).into_iter().flatten().collect();
+        assert!(run.is_empty(), "{} still holds {run:?}", run_dir.display());
     }
-    let crun = Command::new("crun").arg("--root").arg(home.join("v1/oci")).args(["list", "--quiet"]).output().unwrap();
+    let crun = Command::new("crun").arg("--root").arg(sandboxes.oci_state_root()).args(["list", "--quiet"]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&crun.stdout).trim(), "", "crun still lists a container");
 }
 
